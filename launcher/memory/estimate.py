@@ -1,0 +1,346 @@
+"""What plain vLLM does with exactly these flags: will it start, and where memory goes.
+
+Pure: a ModelSpec, the GPUs, the flags and the engine version's calibration in; an `Estimate`
+out. It follows vLLM 0.19's own order of checks and its own words for the failures, so a user
+recognizes the error they would have hit:
+
+    config validation → start-up free-memory check → load → profile →
+    KV = U·T − weights − activation − non-torch (− CUDA-graph estimate where the version does)
+    → "No available memory for the cache blocks" / "To serve at least one request …"
+
+Figures are for the worst rank (the pipeline stage with the least KV room); `stages` keeps
+every stage for callers that want them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from launcher.hardware.inventory import GpuInfo
+from launcher.memory import kv as kvm
+from launcher.memory.overheads import (
+    EngineCalibration,
+    activation_bytes,
+    cuda_graph_bytes,
+)
+from launcher.memory.tensors import synthesize
+from launcher.memory.weights import padded_vocab, pp_layer_ranges, weights_per_rank
+from launcher.models.spec import DTYPE_SIZE, ModelSpec
+from launcher.units import GiB
+
+# Online quantization methods `--quantization` can apply to a 16-bit checkpoint → stored bits.
+ONLINE_QUANT_BITS = {"fp8": 8.0, "fp8_per_tensor": 8.0, "bitsandbytes": 4.5}
+
+
+@dataclass(frozen=True)
+class EngineFlags:
+    """vLLM's own flags; None means "vLLM's default for this version and GPU"."""
+
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    data_parallel_size: int = 1
+    dtype: str = "auto"
+    quantization: str | None = None
+    kv_cache_dtype: str = "auto"
+    max_model_len: int | None = None
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    gpu_memory_utilization: float | None = None
+    kv_cache_memory_bytes: int | None = None
+    enforce_eager: bool = False
+
+
+@dataclass
+class StageEstimate:
+    stage: int
+    layers: int
+    weights_bytes: int
+    weights_by_component: dict[str, int]
+    activation_bytes: int
+    non_torch_bytes: int
+    cuda_graph_bytes: int
+    kv_cache_bytes: int
+    kv_cache_tokens: int
+    num_blocks: int
+    context_bytes: int
+
+    @property
+    def peak_used_bytes(self) -> int:
+        return (self.context_bytes + self.weights_bytes + self.activation_bytes
+                + self.non_torch_bytes + self.kv_cache_bytes + self.cuda_graph_bytes)
+
+
+@dataclass
+class Estimate:
+    starts: bool
+    error: str | None
+    engine_version: str
+    engine_version_source: str
+    gpu_name: str
+    total_bytes: int
+    flags: dict
+    resolved: dict = field(default_factory=dict)  # defaults vLLM would pick, with why
+    stages: list[StageEstimate] = field(default_factory=list)
+    max_concurrency: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def worst(self) -> StageEstimate | None:
+        if not self.stages:
+            return None
+        return min(self.stages, key=lambda s: (s.kv_cache_bytes, -s.peak_used_bytes))
+
+    def to_json(self) -> dict:
+        w = self.worst
+
+        def g(n: int | None) -> float | None:
+            return None if n is None else round(n / GiB, 3)
+
+        peak = max((s.peak_used_bytes for s in self.stages), default=None)
+        return {
+            "starts": self.starts,
+            "error": self.error,
+            "engine_version": self.engine_version,
+            "engine_version_source": self.engine_version_source,
+            "gpu": self.gpu_name,
+            "total_gib": g(self.total_bytes),
+            "weights_gib": g(w.weights_bytes) if w else None,
+            "activation_gib": g(w.activation_bytes) if w else None,
+            "non_torch_gib": g(w.non_torch_bytes) if w else None,
+            "cuda_graph_gib": g(w.cuda_graph_bytes) if w else None,
+            "kv_cache_gib": g(w.kv_cache_bytes) if w and self.starts else None,
+            "kv_cache_tokens": w.kv_cache_tokens if w and self.starts else None,
+            "max_concurrency": round(self.max_concurrency, 2)
+            if self.max_concurrency is not None and self.starts else None,
+            "peak_used_gib": g(peak) if peak is not None and self.starts else None,
+            "flags": self.flags,
+            "resolved": self.resolved,
+            "stages": [{**asdict(s), "peak_used_bytes": s.peak_used_bytes} for s in self.stages],
+            "notes": self.notes,
+        }
+
+
+class _Refusal(Exception):
+    """vLLM would refuse to start; carries vLLM's own message."""
+
+
+def batch_defaults(gpu: GpuInfo, cal: EngineCalibration) -> tuple[int, int, str]:
+    """vLLM's `get_batch_defaults` for the OpenAI server: by NVML total and device name."""
+    tiers = cal.raw["batch_defaults"]
+    nvml_total = gpu.nvml_total_bytes or gpu.total_bytes
+    big = nvml_total >= tiers["large_gpu_min_gib"] * GiB and "a100" not in gpu.name.lower()
+    t = tiers["large"] if big else tiers["small"]
+    why = (f"{'≥' if big else '<'} {tiers['large_gpu_min_gib']} GiB"
+           + (" (and not an A100)" if big else "") + " GPU tier")
+    return int(t["max_num_batched_tokens"]), int(t["max_num_seqs"]), why
+
+
+def estimate(spec: ModelSpec, gpus: list[GpuInfo], flags: EngineFlags, cal: EngineCalibration,
+             *, version_source: str = "calibration") -> Estimate:
+    tp, pp = flags.tensor_parallel_size, flags.pipeline_parallel_size
+    gpu = gpus[0] if gpus else None
+    est = Estimate(starts=False, error=None, engine_version=cal.version,
+                   engine_version_source=version_source,
+                   gpu_name=gpu.name if gpu else "none",
+                   total_bytes=gpu.total_bytes if gpu else 0, flags=asdict(flags))
+    try:
+        if gpu is None:
+            raise _Refusal("No GPU to estimate for.")
+        _run(spec, gpus, flags, cal, est)
+        est.starts = True
+    except _Refusal as r:
+        est.error = str(r)
+    return est
+
+
+def _serve_dtype(spec: ModelSpec, flags: EngineFlags, gpu: GpuInfo, est: Estimate) -> str:
+    dtype = spec.dtype if flags.dtype in ("auto", None) else flags.dtype
+    dtype = {"bf16": "bfloat16", "half": "float16", "fp16": "float16",
+             "float": "float32"}.get(dtype, dtype)
+    if dtype == "bfloat16" and gpu.compute_capability < (8, 0):
+        if flags.dtype in ("auto", None):
+            est.notes.append("bfloat16 model on compute capability < 8.0: vLLM casts to float16")
+            dtype = "float16"
+        else:
+            raise _Refusal(
+                "Bfloat16 is only supported on GPUs with compute capability of at least 8.0. "
+                f"Your {gpu.name} GPU has compute capability "
+                f"{gpu.compute_capability[0]}.{gpu.compute_capability[1]}. "
+                "You can use float16 instead by explicitly setting the `dtype` flag in CLI.")
+    return dtype
+
+
+def _quant_bits(spec: ModelSpec, flags: EngineFlags, gpu: GpuInfo) -> tuple[float | None, str]:
+    """(bits of quantized layers, scope) from the checkpoint or an online method."""
+    q = spec.quantization
+    want = flags.quantization
+    if q is not None:
+        if want and want.split("_")[0] not in (q.method, q.method.split("-")[0]) and \
+                not (q.method in ("awq", "gptq") and want.startswith(q.method)):
+            raise _Refusal(
+                f"Quantization method specified in the model config ({q.method}) does not "
+                f"match the quantization method specified in the `quantization` argument "
+                f"({want}).")
+        if q.method in ("fp8",) or (q.scheme and "fp8" in q.scheme):
+            _check_capability(gpu, (8, 0), "fp8")
+        return q.weight_bits, "experts" if q.method == "mxfp4" else "linear"
+    if want:
+        if want not in ONLINE_QUANT_BITS:
+            raise _Refusal(f"Quantization method {want!r} needs a pre-quantized checkpoint; "
+                           f"{spec.name} is not quantized.")
+        if want.startswith("fp8"):
+            _check_capability(gpu, (8, 0), "fp8")
+        return ONLINE_QUANT_BITS[want], "online"
+    return None, "none"
+
+
+def _check_capability(gpu: GpuInfo, need: tuple[int, int], method: str) -> None:
+    if gpu.compute_capability < need:
+        cap = gpu.compute_capability[0] * 10 + gpu.compute_capability[1]
+        raise _Refusal(f"The quantization method {method} is not supported for the current GPU. "
+                       f"Minimum capability: {need[0] * 10 + need[1]}. Current capability: {cap}.")
+
+
+def _validate(spec: ModelSpec, tp: int, pp: int, max_model_len: int) -> None:
+    heads, kv = spec.num_attention_heads, spec.num_kv_heads
+    if heads % tp:
+        raise _Refusal(f"Total number of attention heads ({heads}) must be divisible by tensor "
+                       f"parallel size ({tp}).")
+    if spec.mla is None and kv and (kv % tp and tp % kv):
+        raise _Refusal(f"{max(tp, kv)} is not divisible by {min(tp, kv)}: the model's "
+                       f"{kv} KV heads cannot be split or replicated over tensor parallel "
+                       f"size {tp}.")
+    padded = math.ceil(spec.vocab_size / 64) * 64
+    if padded % tp:
+        raise _Refusal(f"{padded} is not divisible by {tp}: the padded vocabulary cannot be "
+                       "split over tensor parallel ranks.")
+    if spec.moe is None and spec.intermediate_size % tp:
+        raise _Refusal(f"{spec.intermediate_size} is not divisible by {tp}: the MLP width "
+                       "cannot be split over tensor parallel ranks.")
+    if pp > spec.num_layers:
+        raise _Refusal(f"Pipeline parallel size ({pp}) exceeds the number of layers "
+                       f"({spec.num_layers}).")
+    if max_model_len > spec.max_position_embeddings:
+        raise _Refusal(
+            f"User-specified max_model_len ({max_model_len}) is greater than the derived "
+            f"max_model_len (max_position_embeddings={spec.max_position_embeddings} in model's "
+            "config.json). To allow overriding this maximum, set the env var "
+            "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1.")
+
+
+def _run(spec: ModelSpec, gpus: list[GpuInfo], flags: EngineFlags, cal: EngineCalibration,
+         est: Estimate) -> None:
+    tp, pp, dp = (flags.tensor_parallel_size, flags.pipeline_parallel_size,
+                  flags.data_parallel_size)
+    need = tp * pp * dp
+    if len(gpus) < need:
+        raise _Refusal(f"TP×PP×DP = {tp}×{pp}×{dp} = {need} GPUs needed, {len(gpus)} available.")
+    used = gpus[:need]
+    gpu = min(used, key=lambda g: g.free_bytes)  # the tightest GPU decides
+    est.gpu_name, est.total_bytes = gpu.name, gpu.total_bytes
+    max_model_len = flags.max_model_len or spec.max_position_embeddings
+    _validate(spec, tp, pp, max_model_len)
+    dtype = _serve_dtype(spec, flags, gpu, est)
+    serve_size = DTYPE_SIZE[dtype]
+    bits, scope = _quant_bits(spec, flags, gpu)
+    kv_bytes = 1 if flags.kv_cache_dtype.startswith("fp8") else serve_size
+
+    # Batch sizes: vLLM's tier defaults, then its own clamps.
+    d_tokens, d_seqs, why = batch_defaults(gpu, cal)
+    seqs = flags.max_num_seqs or d_seqs
+    tokens = flags.max_num_batched_tokens or d_tokens
+    if not flags.max_num_batched_tokens:
+        tokens = min(seqs * max_model_len, tokens)
+    seqs = min(seqs, tokens)
+    util = flags.gpu_memory_utilization or cal.gpu_memory_utilization
+    est.resolved = {
+        "dtype": dtype, "max_model_len": max_model_len, "max_num_seqs": seqs,
+        "max_num_batched_tokens": tokens, "gpu_memory_utilization": util,
+        "kv_cache_dtype": "fp8" if kv_bytes == 1 else dtype, "quantization_bits": bits,
+        "batch_defaults": why, "block_size": cal.block_size,
+    }
+    if tokens < max_model_len and not flags.max_num_batched_tokens:
+        pass  # chunked prefill is on by default: a long prompt is prefilled in chunks
+
+    # Start-up check: free memory must cover U·T.
+    ctx = cal.context_bytes(tp, pp)
+    free_at_start = gpu.total_bytes - gpu.used_bytes - ctx
+    requested = math.ceil(gpu.total_bytes * util)
+    if free_at_start < requested:
+        raise _Refusal(
+            f"Free memory on device cuda:{gpu.index} ({free_at_start / GiB:.2f}/"
+            f"{gpu.total_bytes / GiB:.2f} GiB) on startup is less than desired GPU memory "
+            f"utilization ({util}, {requested / GiB:.2f} GiB). Decrease GPU memory utilization "
+            "or reduce GPU memory used by other processes.")
+
+    tensors = spec.tensors
+    online = bits if scope == "online" else None
+    if tensors is None:
+        tensors = synthesize(spec, dtype, None if scope in ("none", "online") else bits,
+                             quant_scope="experts" if scope == "experts" else "linear")
+    ranks = weights_per_rank(spec, tensors, tp=tp, pp=pp, serve_size=serve_size,
+                             online_quant_bits=online)
+    stages = pp_layer_ranges(spec.num_layers, pp)
+    non_torch = cal.non_torch_bytes(tp, pp)
+    geo_by_stage = []
+    for i, (rw, layers) in enumerate(zip(ranks, stages, strict=True)):
+        last = i == pp - 1
+        act = activation_bytes(spec, cal, tp=tp, last_stage=last, max_num_batched_tokens=tokens,
+                               max_num_seqs=seqs, act_bytes=serve_size)
+        graphs = cuda_graph_bytes(spec, cal, layers=len(layers),
+                                  enforce_eager=flags.enforce_eager)
+        if flags.kv_cache_memory_bytes is not None:
+            kv_cache = flags.kv_cache_memory_bytes
+        else:
+            kv_cache = requested - rw.total - act - non_torch
+            if cal.subtract_cuda_graph_estimate:
+                kv_cache -= graphs
+        geo = kvm.geometry(spec, tp=tp, pp=pp, kv_bytes=kv_bytes, block_size=cal.block_size,
+                           stage_layers=len(layers))
+        geo_by_stage.append(geo)
+        est.stages.append(StageEstimate(
+            stage=i, layers=len(layers), weights_bytes=rw.total,
+            weights_by_component=dict(rw.by_component), activation_bytes=act,
+            non_torch_bytes=non_torch, cuda_graph_bytes=graphs, kv_cache_bytes=kv_cache,
+            kv_cache_tokens=0, num_blocks=0, context_bytes=ctx))
+    # vLLM gives every pipeline stage the smallest block count of all stages.
+    blocks = min(kvm.num_blocks(g, max(0, s.kv_cache_bytes))
+                 for g, s in zip(geo_by_stage, est.stages, strict=True))
+    for g, s in zip(geo_by_stage, est.stages, strict=True):
+        s.num_blocks = blocks
+        s.kv_cache_tokens = (blocks // g.num_groups) * g.block_size
+    worst_i = min(range(pp), key=lambda i: est.stages[i].kv_cache_bytes)
+    worst, geo = est.stages[worst_i], geo_by_stage[worst_i]
+    if worst.kv_cache_bytes <= 0:
+        raise _Refusal(
+            "No available memory for the cache blocks. Try increasing `gpu_memory_utilization` "
+            f"when initializing the engine. (weights {worst.weights_bytes / GiB:.2f} GiB + "
+            f"activation {worst.activation_bytes / GiB:.2f} GiB + non-torch "
+            f"{worst.non_torch_bytes / GiB:.2f} GiB exceed {requested / GiB:.2f} GiB = "
+            f"{util} × {gpu.total_bytes / GiB:.2f} GiB)")
+    needed = kvm.bytes_for_one_request(geo, max_model_len, tokens)
+    if needed > worst.kv_cache_bytes:
+        fit_len = _max_fitting_len(geo, worst.kv_cache_bytes, tokens, max_model_len)
+        raise _Refusal(
+            f"To serve at least one request with the models's max seq len ({max_model_len}), "
+            f"({needed / GiB:.2f} GiB KV cache is needed, which is larger than the available KV "
+            f"cache memory ({worst.kv_cache_bytes / GiB:.2f} GiB). Based on the available "
+            f"memory, the estimated maximum model length is {fit_len}. Try increasing "
+            "`gpu_memory_utilization` or decreasing `max_model_len` when initializing the "
+            "engine.")
+    est.max_concurrency = blocks / kvm.blocks_per_request(geo, max_model_len, tokens)
+    if padded_vocab(spec.vocab_size, tp) != spec.vocab_size:
+        est.notes.append(f"vocabulary padded {spec.vocab_size} → "
+                         f"{padded_vocab(spec.vocab_size, tp)} for the embedding and LM head")
+
+
+def _max_fitting_len(geo: kvm.KvGeometry, kv_cache: int, tokens: int, upper: int) -> int:
+    lo, hi = 0, upper
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if kvm.bytes_for_one_request(geo, mid, tokens) <= kv_cache:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo

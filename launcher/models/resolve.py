@@ -1,0 +1,87 @@
+"""One resolver for every way a user names a model: profile alias, local directory, Hub id.
+
+Order: an existing local path wins (it is unambiguous), then a built-in profile alias, then a
+Hugging Face repo id. An unknown name fails with the closest profile names.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from launcher.errors import ModelConfigError, UnknownModelError
+from launcher.models.config import spec_from_config
+from launcher.models.profiles import closest_names, find_profile, profile_config
+from launcher.models.safetensors_meta import read_checkpoint
+from launcher.models.spec import ModelSpec
+
+
+def resolve_model(name: str) -> ModelSpec:
+    if not name or not name.strip():
+        raise UnknownModelError("No model given", fix="Name a profile, a directory or a repo id.",
+                                hint="launcher models")
+    path = Path(name).expanduser()
+    if path.exists():
+        return spec_from_dir(path)
+    profile = find_profile(name)
+    if profile is not None:
+        if profile.local_dir:
+            local = Path(profile.local_dir).expanduser()
+            if local.exists():
+                return spec_from_dir(local, name=profile.key)
+        spec = spec_from_config(profile_config(profile), name=profile.key,
+                                source=f"profile:{profile.key}", origin=str(profile.path))
+        spec.repo_id = profile.repo_id
+        if profile.params:
+            spec.param_count = int(profile.params)
+            spec.param_count_source = profile.params_source or "profile"
+        return spec
+    from launcher.models.hub import looks_like_repo_id
+
+    if looks_like_repo_id(name):
+        from launcher.models.hub import fetch_hub_model
+
+        hub = fetch_hub_model(name)
+        spec = spec_from_config(hub.config, name=name, source=f"hub:{name}",
+                                origin=f"{name}/config.json")
+        spec.repo_id = name
+        _attach_tensors(spec, hub.tensors, f"hub:{name}")
+        spec.assumptions.extend(hub.notes)
+        return spec
+    close = closest_names(name)
+    raise UnknownModelError(
+        f"Unknown model {name!r}: not a built-in profile, a local directory, or an org/name "
+        "repo id",
+        fix=("Did you mean: " + ", ".join(close) + "?") if close else
+        "Use a built-in profile, a directory with config.json, or a Hugging Face repo id.",
+        hint="launcher models   (list the built-in profiles)")
+
+
+def spec_from_dir(path: Path, name: str | None = None) -> ModelSpec:
+    if path.is_file():
+        raise ModelConfigError(f"{path} is a file; expected a model directory with config.json",
+                               fix=f"Pass the directory: {path.parent}")
+    cfg_path = path / "config.json"
+    if not cfg_path.exists():
+        raise ModelConfigError(f"{path} has no config.json",
+                               fix="Point at a Hugging Face model directory (config.json plus "
+                                   "*.safetensors).")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelConfigError(f"{cfg_path}: not valid JSON (line {e.lineno}: {e.msg})",
+                               fix="Restore the file from the model's repository.") from e
+    spec = spec_from_config(config, name=name or path.name, source=f"local:{path}",
+                            origin=str(cfg_path))
+    _attach_tensors(spec, read_checkpoint(path), str(path))
+    return spec
+
+
+def _attach_tensors(spec: ModelSpec, tensors, where: str) -> None:
+    if tensors:
+        spec.tensors = list(tensors)
+        spec.param_count = sum(t.numel for t in tensors)
+        spec.param_count_source = f"safetensors headers ({where})"
+    else:
+        spec.assumptions.append(f"{where}: no safetensors headers; weights counted from the "
+                                "architecture")
