@@ -1,0 +1,226 @@
+"""Command line: parse → call → render. No logic of its own.
+
+Every option also reads `LAUNCHER_<NAME>` from the environment. Expected failures print what
+failed, how to fix it and a runnable hint, and exit with the code of their kind
+(`launcher.errors`); `LAUNCHER_DEBUG=1` shows the traceback. Heavy modules (NVML, hub) load
+only inside the commands that need them, so `--help` and dry estimates stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from launcher.errors import InputError, LauncherError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  pretty_exceptions_enable=False,
+                  help="Memory-aware launcher for vLLM: inventory, estimate, plan, serve.")
+
+
+def _env(name: str) -> str:
+    return f"LAUNCHER_{name.upper()}"
+
+
+GpusOpt = Annotated[str | None, typer.Option(
+    "--gpus", envvar=_env("gpus"),
+    help="Simulated GPUs, e.g. 2xH100-80GB, 8xA100-40GB, 1xRTX4090 (see profiles/gpus.yaml).")]
+InventoryOpt = Annotated[str | None, typer.Option(
+    "--inventory-file", envvar=_env("inventory_file"),
+    help="Replay a GPU snapshot written by `launcher gpus --json`.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+
+
+def _print_json(obj: object) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+@app.command()
+def gpus(gpus: GpusOpt = None, inventory_file: InventoryOpt = None, json_out: JsonOpt = False):
+    """The GPUs this process can use (NVML), honouring CUDA_VISIBLE_DEVICES."""
+    from launcher.hardware import get_inventory
+    from launcher.hardware.host import read_host
+
+    inv = get_inventory(gpus=gpus, inventory_file=inventory_file)
+    if inv.host is None and inv.source == "nvml":
+        from dataclasses import replace
+
+        inv = replace(inv, host=read_host())
+    if json_out:
+        _print_json(inv.to_dict())
+        return
+    from rich.console import Console
+
+    from launcher.render_hardware import host_line, inventory_table
+
+    console = Console()
+    console.print(inventory_table(inv))
+    console.print(host_line(inv))
+
+
+@app.command()
+def models(json_out: JsonOpt = False):
+    """Built-in model profiles with their aliases and key facts."""
+    from launcher.render import models_rows
+
+    rows = models_rows()
+    if json_out:
+        _print_json(rows)
+        return
+    from launcher.render import models_table
+
+    from rich.console import Console
+
+    Console().print(models_table(rows))
+
+
+@app.command()
+def estimate(
+    model: Annotated[str, typer.Argument(help="Profile alias, local model directory or HF repo id.")],
+    gpus: GpusOpt = None,
+    inventory_file: InventoryOpt = None,
+    tp: Annotated[int, typer.Option("--tp", "--tensor-parallel-size", min=1,
+                                    envvar=_env("tp"))] = 1,
+    pp: Annotated[int, typer.Option("--pp", "--pipeline-parallel-size", min=1,
+                                    envvar=_env("pp"))] = 1,
+    dp: Annotated[int, typer.Option("--dp", "--data-parallel-size", min=1,
+                                    envvar=_env("dp"))] = 1,
+    dtype: Annotated[str, typer.Option(envvar=_env("dtype"),
+                                       help="auto, bfloat16, float16")] = "auto",
+    quantization: Annotated[str | None, typer.Option(envvar=_env("quantization"))] = None,
+    kv_cache_dtype: Annotated[str, typer.Option(envvar=_env("kv_cache_dtype"),
+                                                help="auto or fp8")] = "auto",
+    max_model_len: Annotated[int | None, typer.Option(min=1, envvar=_env("max_model_len"))] = None,
+    max_num_seqs: Annotated[int | None, typer.Option(min=1, envvar=_env("max_num_seqs"))] = None,
+    max_num_batched_tokens: Annotated[int | None, typer.Option(
+        min=1, envvar=_env("max_num_batched_tokens"))] = None,
+    gpu_memory_utilization: Annotated[float | None, typer.Option(
+        envvar=_env("gpu_memory_utilization"), help="Fraction in (0, 1].")] = None,
+    kv_cache_memory_bytes: Annotated[int | None, typer.Option(
+        min=1, envvar=_env("kv_cache_memory_bytes"))] = None,
+    enforce_eager: Annotated[bool, typer.Option(envvar=_env("enforce_eager"))] = False,
+    engine_version: Annotated[str | None, typer.Option(envvar=_env("engine_version"))] = None,
+    json_out: JsonOpt = False,
+):
+    """Predict what plain vLLM does with exactly these flags (worst rank)."""
+    from launcher.engines.version import choose_version
+    from launcher.hardware import get_inventory
+    from launcher.memory.estimate import EngineFlags
+    from launcher.memory.estimate import estimate as run_estimate
+    from launcher.memory.overheads import calibration_for
+    from launcher.models.resolve import resolve_model
+
+    if gpu_memory_utilization is not None and kv_cache_memory_bytes is not None:
+        raise InputError("--gpu-memory-utilization and --kv-cache-memory-bytes both given",
+                         fix="vLLM sizes the KV cache by one or the other; keep one.")
+    if gpu_memory_utilization is not None and not 0 < gpu_memory_utilization <= 1:
+        raise InputError(f"--gpu-memory-utilization {gpu_memory_utilization} is outside (0, 1]",
+                         fix="Pass the fraction of GPU memory vLLM may use, e.g. 0.9.")
+    if kv_cache_dtype not in ("auto", "fp8", "fp8_e4m3", "fp8_e5m2"):
+        raise InputError(f"--kv-cache-dtype {kv_cache_dtype!r} is not auto or fp8",
+                         fix="Use --kv-cache-dtype auto or --kv-cache-dtype fp8.")
+    if dtype not in ("auto", "bfloat16", "bf16", "float16", "fp16", "half", "float32"):
+        raise InputError(f"--dtype {dtype!r} is not a dtype vLLM serves",
+                         fix="Use auto, bfloat16 or float16.")
+    version, version_source = choose_version(engine_version)
+    cal = calibration_for(version)
+    inv = get_inventory(gpus=gpus, inventory_file=inventory_file)
+    spec = resolve_model(model)
+    flags = EngineFlags(tensor_parallel_size=tp, pipeline_parallel_size=pp,
+                        data_parallel_size=dp, dtype=dtype, quantization=quantization,
+                        kv_cache_dtype=kv_cache_dtype, max_model_len=max_model_len,
+                        max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+                        gpu_memory_utilization=gpu_memory_utilization,
+                        kv_cache_memory_bytes=kv_cache_memory_bytes, enforce_eager=enforce_eager)
+    result = run_estimate(spec, list(inv.gpus), flags, cal,
+                          version_source=f"{version} ({version_source})")
+    out = result.to_json()
+    out["model"] = {"name": spec.name, "source": spec.source, "assumptions": spec.assumptions}
+    if json_out:
+        _print_json(out)
+    else:
+        from rich.console import Console
+
+        from launcher.render import estimate_panel
+
+        Console().print(estimate_panel(out))
+    raise typer.Exit(0 if result.starts else 3)
+
+
+def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """(usage-error types, abort types) of click and of typer's vendored copy of it."""
+    usage: list[type] = []
+    abort: list[type] = []
+    for mod in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            m = __import__(mod, fromlist=["ClickException"])
+        except ImportError:
+            continue
+        usage.append(m.ClickException)
+        if hasattr(m, "Abort"):
+            abort.append(m.Abort)
+    return tuple(usage), tuple(abort)
+
+
+def _run(argv: list[str] | None, prog: str, application: typer.Typer) -> None:
+    usage, abort = _click_exceptions()
+    try:
+        rc = application(args=argv, prog_name=prog, standalone_mode=False)
+    except LauncherError as e:
+        if os.environ.get("LAUNCHER_DEBUG") == "1":
+            raise
+        _print_error(e)
+        sys.exit(e.exit_code)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except usage as e:  # bad flags: click's own message, exit 2
+        e.show()  # type: ignore[attr-defined]
+        sys.exit(e.exit_code)  # type: ignore[attr-defined]
+    except abort:
+        sys.exit(130)
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+def _print_error(e: LauncherError) -> None:
+    from rich.console import Console
+
+    console = Console(stderr=True, highlight=False)
+    console.print(f"[bold red]error:[/] {e.message}", markup=True)
+    if e.fix:
+        console.print(f"[bold]fix:[/] {e.fix}", markup=True)
+    if e.hint:
+        console.print(f"[bold]try:[/] {e.hint}", markup=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    _run(argv, "launcher", app)
+
+
+serve_app = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False,
+                        help="Serve a model with a memory plan that keeps 20 % of each GPU free.")
+
+
+@serve_app.command()
+def serve(
+    model: Annotated[str, typer.Argument(help="Profile alias, local model directory or HF repo id.")],
+    gpus: GpusOpt = None,
+    inventory_file: InventoryOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan only; start nothing.")] = False,
+    json_out: JsonOpt = False,
+):
+    """Plan, launch, verify and serve MODEL."""
+    raise InputError(
+        "`serve` does not plan or launch yet: the planner and the engine launcher are the next "
+        "issues of this project",
+        fix="Use `launcher estimate` to see what vLLM would do with given flags.",
+        hint=f"launcher estimate {model} --gpus {gpus or '2xH100-80GB'}")
+
+
+def serve_main(argv: list[str] | None = None) -> None:
+    _run(argv, "serve", serve_app)
