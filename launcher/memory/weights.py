@@ -161,12 +161,22 @@ def mxfp4_padding(spec: ModelSpec, tp: int) -> float:
 
 
 def rope_cache_bytes(spec: ModelSpec, serve_size: int) -> int:
-    """vLLM's RotaryEmbedding registers cos/sin for every position: (max_pos, rotary_dim)."""
-    if spec.mla is not None:
-        rot = spec.mla.qk_rope_head_dim
-    else:
-        rot = spec.rotary_dim or spec.head_dim
-    return spec.max_position_embeddings * rot * serve_size * spec.rope_caches
+    """vLLM's RotaryEmbedding registers cos/sin for every position: (positions, rotary_dim).
+
+    Scaled ropes size the cache by the scaled length: linear/dynamic multiply
+    max_position_embeddings by the factor, YaRN multiplies the original length; Llama 3 and
+    longrope keep max_position_embeddings. With two caches (Gemma 3), only the global one is
+    scaled.
+    """
+    rot = spec.mla.qk_rope_head_dim if spec.mla is not None else (spec.rotary_dim or spec.head_dim)
+    base = spec.max_position_embeddings
+    scaled = base
+    if spec.rope_factor and spec.rope_type in ("linear", "dynamic"):
+        scaled = int(base * spec.rope_factor)
+    elif spec.rope_factor and spec.rope_type in ("yarn", "deepseek_yarn") and spec.rope_original_max:
+        scaled = int(spec.rope_original_max * spec.rope_factor)
+    positions = base * (spec.rope_caches - 1) + scaled
+    return positions * rot * serve_size
 
 
 def dtype_bytes(dtype: str) -> float:

@@ -41,9 +41,11 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "gemma": {"tie_word_embeddings": True, "head_dim": 256},
     "gemma2": {"tie_word_embeddings": True},
     # Gemma3TextConfig class defaults that the published minimal text_config relies on.
-    "gemma3": {"tie_word_embeddings": True, "vocab_size": 262208,
+    "gemma3": {"tie_word_embeddings": True, "vocab_size": 262208, "num_attention_heads": 8,
+               "num_kv_heads": 4, "head_dim": 256,
                "max_position_embeddings": 131072},
-    "gemma3_text": {"tie_word_embeddings": True, "vocab_size": 262208,
+    "gemma3_text": {"tie_word_embeddings": True, "vocab_size": 262208, "num_attention_heads": 8,
+               "num_kv_heads": 4, "head_dim": 256,
                     "max_position_embeddings": 131072},
     "qwen2": {"attention_bias": True},
     "qwen2_moe": {"attention_bias": True},
@@ -140,6 +142,9 @@ def spec_from_config(config: dict[str, Any], *, name: str, source: str,
         raise ModelConfigError(f"{origin}: hidden size, layers and heads must be positive",
                                fix="Correct config.json.")
     kv = r.get("num_kv_heads")
+    if kv is None and "num_kv_heads" in family:
+        kv = family["num_kv_heads"]
+        r.provenance["num_kv_heads"] = f"family default for {model_type}"
     if kv is None:
         kv = 1 if r.text.get("multi_query") else heads
         r.provenance["num_kv_heads"] = "multi_query" if r.text.get("multi_query") else \
@@ -210,6 +215,12 @@ def spec_from_config(config: dict[str, Any], *, name: str, source: str,
         assumptions=assumptions,
     )
     spec.rotary_dim = _rotary_dim(r, head_dim)
+    rope = r.get("rope_scaling", ("rope_scaling", "rope_parameters"))
+    if isinstance(rope, dict) and rope.get("factor"):
+        spec.rope_type = rope.get("rope_type") or rope.get("type")
+        spec.rope_factor = float(rope["factor"])
+        orig = rope.get("original_max_position_embeddings")
+        spec.rope_original_max = int(orig) if orig else None
     _layer_pattern(spec, r)
     spec.moe = _moe(r, inter, layers, model_type, origin)
     spec.mla = _mla(r)
@@ -224,6 +235,9 @@ def spec_from_config(config: dict[str, Any], *, name: str, source: str,
 def _derive_max_len(r: _Reader, origin: str) -> int:
     """The context vLLM derives from the config: the position limit, scaled for yarn-style rope."""
     value = r.get("max_position_embeddings")
+    if value is None and "max_position_embeddings" in r.family:
+        value = r.family["max_position_embeddings"]
+        r.provenance["max_position_embeddings"] = "family default (config class)"
     if value is None:
         raise ModelConfigError(
             f"{origin}: no max_position_embeddings / n_positions / max_seq_len / seq_length, "

@@ -119,8 +119,12 @@ class ModelSpec:
     sliding_window: int | None = None
     attention_chunk_size: int | None = None
     rotary_dim: int | None = None
-    # Distinct rope caches vLLM materializes (Gemma 3 has a local and a global one).
+    # Distinct rope caches vLLM materializes (Gemma 3 has a local and a global one); the last
+    # one carries the rope scaling, whose cache vLLM sizes by the scaled length.
     rope_caches: int = 1
+    rope_type: str | None = None
+    rope_factor: float | None = None
+    rope_original_max: int | None = None
     attention_bias: bool = False
     mlp_bias: bool = False
     gated_mlp: bool = True
