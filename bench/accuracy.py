@@ -46,7 +46,7 @@ def load_spec(model_id: str) -> tuple[ModelSpec, str]:
     """Spec for a sweep model and a tag: '' verbatim config, '(r)' reconstructed."""
     key = next((k for k in QUANTIZED if k.lower() == model_id.lower()), None)
     if key:
-        base, tag = load_spec(QUANTIZED[key]["base"])
+        _base, tag = load_spec(QUANTIZED[key]["base"])
         config = dict(base_config(QUANTIZED[key]["base"]))
         config["quantization_config"] = QUANTIZED[key]["quantization_config"]
         return spec_from_config(config, name=model_id, source=f"bench:{model_id}"), tag
@@ -169,7 +169,7 @@ def print_summary(s: dict) -> None:
 def reports_rows(path: Path) -> list[dict]:
     """vllm-memory-reports.csv rows of calibrated versions, in the runs CSV's shape."""
     out = []
-    for r in csv.DictReader(path.open()):
+    for r in csv.DictReader(path.read_text().splitlines()):
         version = r["vllm_version"]
         if "0.19" not in version or not r["kv_cache_gib"] or not r["weights_gib"] \
                 or not r["kv_cache_tokens"] or "H100" not in r["gpu"]:
@@ -196,7 +196,7 @@ def main() -> int:
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = ap.parse_args()
     cal = calibration_for("0.19")
-    runs = [r for r in csv.DictReader((args.calibration / "vllm-0.19-h100-runs.csv").open())
+    runs = [r for r in csv.DictReader((args.calibration / "vllm-0.19-h100-runs.csv").read_text().splitlines())
             if r["status"] == "ok"]
     results = [evaluate(r, cal) for r in runs]
     summary = summarize(results)

@@ -71,9 +71,9 @@ def models(json_out: JsonOpt = False):
     if json_out:
         _print_json(rows)
         return
-    from launcher.render import models_table
-
     from rich.console import Console
+
+    from launcher.render import models_table
 
     Console().print(models_table(rows))
 
@@ -190,7 +190,7 @@ def _run(argv: list[str] | None, prog: str, application: typer.Typer) -> None:
 def _print_error(e: LauncherError) -> None:
     from rich.console import Console
 
-    console = Console(stderr=True, highlight=False)
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
     console.print(f"[bold red]error:[/] {e.message}", markup=True)
     if e.fix:
         console.print(f"[bold]fix:[/] {e.fix}", markup=True)

@@ -8,8 +8,8 @@ from rich.table import Table
 
 
 def models_rows() -> list[dict]:
-    from launcher.models.profiles import all_profiles, profile_config
     from launcher.models.config import spec_from_config
+    from launcher.models.profiles import all_profiles, profile_config
 
     rows = []
     for p in all_profiles():

@@ -138,7 +138,7 @@ def batch_defaults(gpu: GpuInfo, cal: EngineCalibration) -> tuple[int, int, str]
 
 def estimate(spec: ModelSpec, gpus: list[GpuInfo], flags: EngineFlags, cal: EngineCalibration,
              *, version_source: str = "calibration") -> Estimate:
-    tp, pp = flags.tensor_parallel_size, flags.pipeline_parallel_size
+    _tp, _pp = flags.tensor_parallel_size, flags.pipeline_parallel_size
     gpu = gpus[0] if gpus else None
     est = Estimate(starts=False, error=None, engine_version=cal.version,
                    engine_version_source=version_source,

@@ -53,9 +53,9 @@ def kv_bytes_per_token_layer(spec: ModelSpec, tp: int, kv_bytes: int) -> int:
 def geometry(spec: ModelSpec, *, tp: int, pp: int, kv_bytes: int, block_size: int = 16,
              stage_layers: int | None = None) -> KvGeometry:
     """KV layout of the worst pipeline stage (the one holding the most layers)."""
-    # vLLM 0.19 turns the hybrid manager off for chunked local attention (Llama 4), so those
-    # layers are allocated like full attention.
-    kinds = ["full" if k == "chunked" else k for k in spec.layer_kinds()]
+    # Chunked local attention (Llama 4) is its own group: the 0.19 Scout log shows 4 groups of
+    # 12 (91495 blocks → 365,968 tokens), so the hybrid manager stays on for it.
+    kinds = spec.layer_kinds()
     if stage_layers is not None and pp > 1:
         # Pipeline stages hold contiguous layers; the mix of kinds is close to the whole model's.
         share = stage_layers / spec.num_layers

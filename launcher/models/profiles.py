@@ -48,8 +48,8 @@ def _load(path: Path) -> Profile:
     except (OSError, yaml.YAMLError) as e:
         raise ModelConfigError(f"{path}: cannot read the profile ({e})",
                                fix="Fix the YAML syntax of the profile.") from e
-    if not isinstance(raw, dict) or not isinstance(raw.get("config"), dict) and \
-            not raw.get("local_dir"):
+    if not isinstance(raw, dict) or (not isinstance(raw.get("config"), dict) and \
+            not raw.get("local_dir")):
         raise ModelConfigError(f"{path}: a profile needs a `config:` mapping",
                                fix="Copy the model's config.json keys under `config:`.")
     variants = tuple(Variant(str(v.get("name")), str(v.get("repo_id")),

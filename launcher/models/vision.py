@@ -26,7 +26,7 @@ def vision_tower_from_config(config: dict[str, Any]) -> VisionTower | None:
     channels = int(vc.get("num_channels") or 3)
     image = int(vc.get("image_size") or 0)
     vtype = str(vc.get("model_type") or "")
-    gated = vtype in ("pixtral",) or "hidden_act" in vc and vc.get("hidden_act") == "silu"
+    gated = vtype in ("pixtral",) or ("hidden_act" in vc and vc.get("hidden_act") == "silu")
     bias = vtype not in ("pixtral",)
     per_layer = 4 * h * h + (3 if gated else 2) * h * inter
     if bias:
