@@ -33,16 +33,14 @@ def models_rows() -> list[dict]:
 
 
 def models_table(rows: list[dict]) -> Table:
-    t = Table(title="Built-in model profiles")
-    for col in ("profile", "aliases", "architecture", "params", "layers", "attention", "MoE",
-                "context", "weights", "variants"):
-        t.add_column(col)
+    t = Table(title="Built-in model profiles (launcher models --json for every alias)")
+    for col in ("profile", "params", "layers", "attention", "MoE", "context", "weights"):
+        t.add_column(col, no_wrap=col == "profile")
     for r in rows:
-        params = f"{r['params'] / 1e9:.2f}B" if r.get("params") else "-"
-        t.add_row(r["profile"], ", ".join(a for a in r["aliases"] if a != r["profile"]),
-                  r.get("architecture", "-"), params, str(r.get("layers", "-")),
-                  r.get("attention", "-"), r.get("moe") or "-", str(r.get("max_context", "-")),
-                  r.get("quantization") or r.get("dtype", "-"), ", ".join(r.get("variants", [])))
+        params = f"{r['params'] / 1e9:.1f}B" if r.get("params") else "-"
+        t.add_row(r["profile"], params, str(r.get("layers", "-")), r.get("attention", "-"),
+                  r.get("moe") or "-", str(r.get("max_context", "-")),
+                  r.get("quantization") or r.get("dtype", "-"))
     return t
 
 
