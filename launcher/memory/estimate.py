@@ -260,9 +260,6 @@ def _run(spec: ModelSpec, gpus: list[GpuInfo], flags: EngineFlags, cal: EngineCa
         "kv_cache_dtype": "fp8" if kv_bytes == 1 else dtype, "quantization_bits": bits,
         "batch_defaults": why, "block_size": cal.block_size,
     }
-    if tokens < max_model_len and not flags.max_num_batched_tokens:
-        pass  # chunked prefill is on by default: a long prompt is prefilled in chunks
-
     # Start-up check: free memory must cover U·T.
     ctx = cal.context_bytes(tp, pp)
     free_at_start = gpu.total_bytes - gpu.used_bytes - ctx
