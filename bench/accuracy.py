@@ -45,13 +45,12 @@ def slug(model_id: str) -> str:
 def load_spec(model_id: str) -> tuple[ModelSpec, str]:
     """Spec for a sweep model and a tag: '' verbatim config, '(r)' reconstructed."""
     key = next((k for k in QUANTIZED if k.lower() == model_id.lower()), None)
+    base_id = QUANTIZED[key]["base"] if key else model_id
+    config = dict(base_config(base_id))
     if key:
-        _base, tag = load_spec(QUANTIZED[key]["base"])
-        config = dict(base_config(QUANTIZED[key]["base"]))
         config["quantization_config"] = QUANTIZED[key]["quantization_config"]
-        return spec_from_config(config, name=model_id, source=f"bench:{model_id}"), tag
-    return spec_from_config(base_config(model_id), name=model_id, source=f"bench:{model_id}"), \
-        "(r)" if (ROOT / "bench" / "models" / f"{slug(model_id)}.json").exists() else ""
+    tag = "(r)" if (ROOT / "bench" / "models" / f"{slug(base_id)}.json").exists() else ""
+    return spec_from_config(config, name=model_id, source=f"bench:{model_id}"), tag
 
 
 def base_config(model_id: str) -> dict:

@@ -123,7 +123,9 @@ def estimate(
     if kv_cache_dtype not in ("auto", "fp8", "fp8_e4m3", "fp8_e5m2"):
         raise InputError(f"--kv-cache-dtype {kv_cache_dtype!r} is not auto or fp8",
                          fix="Use --kv-cache-dtype auto or --kv-cache-dtype fp8.")
-    if dtype not in ("auto", "bfloat16", "bf16", "float16", "fp16", "half", "float32"):
+    from launcher.models.spec import TORCH_DTYPES
+
+    if dtype != "auto" and dtype.lower() not in TORCH_DTYPES:
         raise InputError(f"--dtype {dtype!r} is not a dtype vLLM serves",
                          fix="Use auto, bfloat16 or float16.")
     version, version_source = choose_version(engine_version)

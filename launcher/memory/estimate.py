@@ -26,7 +26,7 @@ from launcher.memory.overheads import (
 )
 from launcher.memory.tensors import synthesize
 from launcher.memory.weights import padded_vocab, pp_layer_ranges, weights_per_rank
-from launcher.models.spec import DTYPE_SIZE, ModelSpec
+from launcher.models.spec import DTYPE_SIZE, TORCH_DTYPES, ModelSpec
 from launcher.units import GiB
 
 # Online quantization methods `--quantization` can apply to a 16-bit checkpoint → stored bits.
@@ -155,9 +155,8 @@ def estimate(spec: ModelSpec, gpus: list[GpuInfo], flags: EngineFlags, cal: Engi
 
 
 def _serve_dtype(spec: ModelSpec, flags: EngineFlags, gpu: GpuInfo, est: Estimate) -> str:
-    dtype = spec.dtype if flags.dtype in ("auto", None) else flags.dtype
-    dtype = {"bf16": "bfloat16", "half": "float16", "fp16": "float16",
-             "float": "float32"}.get(dtype, dtype)
+    dtype = spec.dtype if flags.dtype in ("auto", None) else \
+        TORCH_DTYPES.get(flags.dtype.lower(), flags.dtype)
     if dtype == "bfloat16" and gpu.compute_capability < (8, 0):
         if flags.dtype in ("auto", None):
             est.notes.append("bfloat16 model on compute capability < 8.0: vLLM casts to float16")

@@ -38,9 +38,6 @@ class KvGeometry:
         """Memory one block id costs: a page in each of `group_size` layer tensors."""
         return self.bytes_per_token_layer * self.block_size * self.group_size
 
-    def layers_with_padding(self) -> int:
-        return self.group_size * self.num_groups
-
 
 def kv_bytes_per_token_layer(spec: ModelSpec, tp: int, kv_bytes: int) -> int:
     if spec.mla is not None:

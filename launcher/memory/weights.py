@@ -15,7 +15,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from launcher.models.spec import DTYPE_BYTES, ModelSpec, TensorInfo
+from launcher.models.spec import ModelSpec, TensorInfo
 
 VOCAB_PADDING = 64
 
@@ -178,6 +178,3 @@ def rope_cache_bytes(spec: ModelSpec, serve_size: int) -> int:
     positions = base * (spec.rope_caches - 1) + scaled
     return positions * rot * serve_size
 
-
-def dtype_bytes(dtype: str) -> float:
-    return DTYPE_BYTES[dtype]

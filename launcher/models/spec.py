@@ -140,14 +140,6 @@ class ModelSpec:
     provenance: dict[str, str] = field(default_factory=dict)
     assumptions: list[str] = field(default_factory=list)
 
-    @property
-    def is_moe(self) -> bool:
-        return self.moe is not None
-
-    @property
-    def attention_kind(self) -> str:
-        return "mla" if self.mla is not None else "full"
-
     def layer_kinds(self) -> list[LayerKind]:
         return list(self.layer_types) if self.layer_types else ["full"] * self.num_layers
 
