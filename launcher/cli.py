@@ -153,6 +153,103 @@ def estimate(
     raise typer.Exit(0 if result.starts else 3)
 
 
+HeadroomOpt = Annotated[float, typer.Option(
+    envvar=_env("headroom"), help="Fraction of each GPU's memory that stays free while serving.")]
+MaxLenOpt = Annotated[int | None, typer.Option(
+    envvar=_env("max_model_len"), help="Context cap in tokens (default: the model's maximum).")]
+MinCtxOpt = Annotated[int | None, typer.Option(
+    envvar=_env("min_context"),
+    help="Shortest context the planner may step down to (default 4096 or the model maximum).")]
+MinConcOpt = Annotated[int, typer.Option(
+    envvar=_env("min_concurrency"), help="Full-length sequences each replica must hold at once.")]
+QuantOpt = Annotated[str, typer.Option(
+    envvar=_env("quantization"), help="auto, none, fp8, awq, gptq, bitsandbytes or 4bit.")]
+KvOpt = Annotated[str, typer.Option(envvar=_env("kv_cache_dtype"),
+                                    help="auto (planner decides) or fp8.")]
+TpOpt = Annotated[str, typer.Option("--tp", envvar=_env("tp"), help="auto or a size.")]
+PpOpt = Annotated[str, typer.Option("--pp", envvar=_env("pp"), help="auto or a size.")]
+ObjectiveOpt = Annotated[str, typer.Option(envvar=_env("objective"),
+                                           help="throughput (fewest GPUs per replica, more "
+                                                "replicas) or latency (largest TP).")]
+EngineVersionOpt = Annotated[str | None, typer.Option(envvar=_env("engine_version"),
+                                                      help="vLLM version to plan for.")]
+EagerOpt = Annotated[bool, typer.Option(envvar=_env("enforce_eager"),
+                                        help="No CUDA graphs (less memory, slower decode).")]
+EnginePythonOpt = Annotated[str | None, typer.Option(
+    envvar=_env("engine_python"), help="Python interpreter with vLLM (default: this one).")]
+HostOpt = Annotated[str, typer.Option(envvar=_env("host"), help="Address the server binds.")]
+PortOpt = Annotated[int, typer.Option(envvar=_env("port"), help="Port of the OpenAI API.")]
+
+
+def _size(name: str, value: str) -> int | None:
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise InputError(f"{name} {value!r} is not auto or a whole number",
+                         fix=f"Use {name} auto or e.g. {name} 2.") from None
+    if n < 1:
+        raise InputError(f"{name} {n} is below 1", fix=f"Use {name} auto or a positive size.")
+    return n
+
+
+def _plan_and_print(model: str, *, gpus, inventory_file, headroom, max_model_len, min_context,
+                    min_concurrency, quantization, kv_cache_dtype, tp, pp, objective,
+                    engine_version, enforce_eager, engine_python, host, port,
+                    json_out: bool) -> None:
+    from launcher.planner import PlanRequest
+    from launcher.planning import Target, build_plan
+
+    req = PlanRequest(headroom=headroom, max_model_len=max_model_len, min_context=min_context,
+                      min_concurrency=min_concurrency, quantization=quantization,
+                      kv_cache_dtype=kv_cache_dtype, tp=_size("--tp", tp), pp=_size("--pp", pp),
+                      objective=objective, enforce_eager=enforce_eager)  # type: ignore[arg-type]
+    target = Target(gpus=gpus, inventory_file=inventory_file, engine_version=engine_version,
+                    engine_python=engine_python, host=host, port=port)
+    p = build_plan(model, req, target)
+    out = p.to_json()
+    if json_out:
+        _print_json(out)
+    else:
+        from rich.console import Console
+
+        from launcher.render_plan import plan_view
+
+        Console().print(plan_view(out))
+    raise typer.Exit(0 if p.feasible else 3)
+
+
+@app.command()
+def plan(
+    model: Annotated[str, typer.Argument(help="Profile alias, local model directory or HF repo id.")],
+    gpus: GpusOpt = None,
+    inventory_file: InventoryOpt = None,
+    headroom: HeadroomOpt = 0.2,
+    max_model_len: MaxLenOpt = None,
+    min_context: MinCtxOpt = None,
+    min_concurrency: MinConcOpt = 8,
+    quantization: QuantOpt = "auto",
+    kv_cache_dtype: KvOpt = "auto",
+    tp: TpOpt = "auto",
+    pp: PpOpt = "auto",
+    objective: ObjectiveOpt = "throughput",
+    engine_version: EngineVersionOpt = None,
+    enforce_eager: EagerOpt = False,
+    engine_python: EnginePythonOpt = None,
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8000,
+    json_out: JsonOpt = False,
+):
+    """The launch plan for MODEL on these GPUs, with every decision explained (starts nothing)."""
+    _plan_and_print(model, gpus=gpus, inventory_file=inventory_file, headroom=headroom,
+                    max_model_len=max_model_len, min_context=min_context,
+                    min_concurrency=min_concurrency, quantization=quantization,
+                    kv_cache_dtype=kv_cache_dtype, tp=tp, pp=pp, objective=objective,
+                    engine_version=engine_version, enforce_eager=enforce_eager,
+                    engine_python=engine_python, host=host, port=port, json_out=json_out)
+
+
 def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
     """(usage-error types, abort types) of click and of typer's vendored copy of it."""
     usage: list[type] = []
@@ -214,14 +311,34 @@ def serve(
     gpus: GpusOpt = None,
     inventory_file: InventoryOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan only; start nothing.")] = False,
+    headroom: HeadroomOpt = 0.2,
+    max_model_len: MaxLenOpt = None,
+    min_context: MinCtxOpt = None,
+    min_concurrency: MinConcOpt = 8,
+    quantization: QuantOpt = "auto",
+    kv_cache_dtype: KvOpt = "auto",
+    tp: TpOpt = "auto",
+    pp: PpOpt = "auto",
+    objective: ObjectiveOpt = "throughput",
+    engine_version: EngineVersionOpt = None,
+    enforce_eager: EagerOpt = False,
+    engine_python: EnginePythonOpt = None,
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8000,
     json_out: JsonOpt = False,
 ):
-    """Plan, launch, verify and serve MODEL."""
+    """Plan, launch, verify and serve MODEL (`--dry-run`: print the plan only)."""
+    if dry_run:
+        _plan_and_print(model, gpus=gpus, inventory_file=inventory_file, headroom=headroom,
+                        max_model_len=max_model_len, min_context=min_context,
+                        min_concurrency=min_concurrency, quantization=quantization,
+                        kv_cache_dtype=kv_cache_dtype, tp=tp, pp=pp, objective=objective,
+                        engine_version=engine_version, enforce_eager=enforce_eager,
+                        engine_python=engine_python, host=host, port=port, json_out=json_out)
     raise InputError(
-        "`serve` does not plan or launch yet: the planner and the engine launcher are the next "
-        "issues of this project",
-        fix="Use `launcher estimate` to see what vLLM would do with given flags.",
-        hint=f"launcher estimate {model} --gpus {gpus or '2xH100-80GB'}")
+        "`serve` plans but does not launch yet: the engine launcher is the next issue",
+        fix="Use --dry-run to see the plan and the exact engine command.",
+        hint=f"serve {model} --dry-run")
 
 
 def serve_main(argv: list[str] | None = None) -> None:

@@ -121,7 +121,7 @@ class Estimate:
         }
 
 
-class _Refusal(Exception):
+class Refusal(Exception):
     """vLLM would refuse to start; carries vLLM's own message."""
 
 
@@ -146,23 +146,23 @@ def estimate(spec: ModelSpec, gpus: list[GpuInfo], flags: EngineFlags, cal: Engi
                    total_bytes=gpu.total_bytes if gpu else 0, flags=asdict(flags))
     try:
         if gpu is None:
-            raise _Refusal("No GPU to estimate for.")
+            raise Refusal("No GPU to estimate for.")
         _run(spec, gpus, flags, cal, est)
         est.starts = True
-    except _Refusal as r:
+    except Refusal as r:
         est.error = str(r)
     return est
 
 
-def _serve_dtype(spec: ModelSpec, flags: EngineFlags, gpu: GpuInfo, est: Estimate) -> str:
+def _serve_dtype(spec: ModelSpec, flags: EngineFlags, gpu: GpuInfo, notes: list[str]) -> str:
     dtype = spec.dtype if flags.dtype in ("auto", None) else \
         TORCH_DTYPES.get(flags.dtype.lower(), flags.dtype)
     if dtype == "bfloat16" and gpu.compute_capability < (8, 0):
         if flags.dtype in ("auto", None):
-            est.notes.append("bfloat16 model on compute capability < 8.0: vLLM casts to float16")
+            notes.append("bfloat16 model on compute capability < 8.0: vLLM casts to float16")
             dtype = "float16"
         else:
-            raise _Refusal(
+            raise Refusal(
                 "Bfloat16 is only supported on GPUs with compute capability of at least 8.0. "
                 f"Your {gpu.name} GPU has compute capability "
                 f"{gpu.compute_capability[0]}.{gpu.compute_capability[1]}. "
@@ -177,7 +177,7 @@ def _quant_bits(spec: ModelSpec, flags: EngineFlags, gpu: GpuInfo) -> tuple[floa
     if q is not None:
         if want and want.split("_")[0] not in (q.method, q.method.split("-")[0]) and \
                 not (q.method in ("awq", "gptq") and want.startswith(q.method)):
-            raise _Refusal(
+            raise Refusal(
                 f"Quantization method specified in the model config ({q.method}) does not "
                 f"match the quantization method specified in the `quantization` argument "
                 f"({want}).")
@@ -186,7 +186,7 @@ def _quant_bits(spec: ModelSpec, flags: EngineFlags, gpu: GpuInfo) -> tuple[floa
         return q.weight_bits, "experts" if q.method == "mxfp4" else "linear"
     if want:
         if want not in ONLINE_QUANT_BITS:
-            raise _Refusal(f"Quantization method {want!r} needs a pre-quantized checkpoint; "
+            raise Refusal(f"Quantization method {want!r} needs a pre-quantized checkpoint; "
                            f"{spec.name} is not quantized.")
         if want.startswith("fp8"):
             _check_capability(gpu, (8, 0), "fp8")
@@ -197,50 +197,97 @@ def _quant_bits(spec: ModelSpec, flags: EngineFlags, gpu: GpuInfo) -> tuple[floa
 def _check_capability(gpu: GpuInfo, need: tuple[int, int], method: str) -> None:
     if gpu.compute_capability < need:
         cap = gpu.compute_capability[0] * 10 + gpu.compute_capability[1]
-        raise _Refusal(f"The quantization method {method} is not supported for the current GPU. "
+        raise Refusal(f"The quantization method {method} is not supported for the current GPU. "
                        f"Minimum capability: {need[0] * 10 + need[1]}. Current capability: {cap}.")
 
 
-def _validate(spec: ModelSpec, tp: int, pp: int, max_model_len: int) -> None:
+def validate_shape(spec: ModelSpec, tp: int, pp: int, max_model_len: int) -> None:
+    """vLLM's config checks for a TP × PP shape and length; raises Refusal in its words."""
     heads, kv = spec.num_attention_heads, spec.num_kv_heads
     if heads % tp:
-        raise _Refusal(f"Total number of attention heads ({heads}) must be divisible by tensor "
+        raise Refusal(f"Total number of attention heads ({heads}) must be divisible by tensor "
                        f"parallel size ({tp}).")
     if spec.mla is None and kv and (kv % tp and tp % kv):
-        raise _Refusal(f"{max(tp, kv)} is not divisible by {min(tp, kv)}: the model's "
+        raise Refusal(f"{max(tp, kv)} is not divisible by {min(tp, kv)}: the model's "
                        f"{kv} KV heads cannot be split or replicated over tensor parallel "
                        f"size {tp}.")
     padded = math.ceil(spec.vocab_size / 64) * 64
     if padded % tp:
-        raise _Refusal(f"{padded} is not divisible by {tp}: the padded vocabulary cannot be "
+        raise Refusal(f"{padded} is not divisible by {tp}: the padded vocabulary cannot be "
                        "split over tensor parallel ranks.")
     if spec.moe is None and spec.intermediate_size % tp:
-        raise _Refusal(f"{spec.intermediate_size} is not divisible by {tp}: the MLP width "
+        raise Refusal(f"{spec.intermediate_size} is not divisible by {tp}: the MLP width "
                        "cannot be split over tensor parallel ranks.")
     if pp > spec.num_layers:
-        raise _Refusal(f"Pipeline parallel size ({pp}) exceeds the number of layers "
+        raise Refusal(f"Pipeline parallel size ({pp}) exceeds the number of layers "
                        f"({spec.num_layers}).")
     if max_model_len > spec.max_position_embeddings:
-        raise _Refusal(
+        raise Refusal(
             f"User-specified max_model_len ({max_model_len}) is greater than the derived "
             f"max_model_len (max_position_embeddings={spec.max_position_embeddings} in model's "
             "config.json). To allow overriding this maximum, set the env var "
             "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1.")
 
 
-def _run(spec: ModelSpec, gpus: list[GpuInfo], flags: EngineFlags, cal: EngineCalibration,
-         est: Estimate) -> None:
+@dataclass
+class Costs:
+    """Everything but the KV cache, for the GPUs of one replica (worst GPU decides)."""
+
+    gpu: GpuInfo
+    dtype: str
+    kv_bytes: int  # bytes per KV element
+    max_model_len: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    gpu_memory_utilization: float
+    requested_bytes: int  # ceil(U·T): vLLM's budget
+    stages: list[StageEstimate]
+    geometries: list[kvm.KvGeometry]
+    resolved: dict
+
+
+_RANKS: dict[tuple, tuple[ModelSpec, list]] = {}
+
+
+def _rank_weights(spec: ModelSpec, dtype: str, serve_size: int, bits: float | None, scope: str,
+                  tp: int, pp: int) -> list:
+    """weights_per_rank, memoized: the planner sizes the same model at many shapes.
+
+    The cache keeps the spec alive beside its id, so an id is never reused while cached."""
+    key = (id(spec), dtype, bits, scope, tp, pp)
+    hit = _RANKS.get(key)
+    if hit is not None and hit[0] is spec:
+        return hit[1]
+    tensors = spec.tensors
+    online = bits if scope == "online" else None
+    if tensors is None:
+        tensors = synthesize(spec, dtype, None if scope in ("none", "online") else bits,
+                             quant_scope="experts" if scope == "experts" else "linear")
+    ranks = weights_per_rank(spec, tensors, tp=tp, pp=pp, serve_size=serve_size,
+                             online_quant_bits=online)
+    if len(_RANKS) > 512:
+        _RANKS.clear()
+    _RANKS[key] = (spec, ranks)
+    return ranks
+
+
+def costs(spec: ModelSpec, gpus: list[GpuInfo], flags: EngineFlags, cal: EngineCalibration,
+          notes: list[str] | None = None) -> Costs:
+    """Validity checks, start-up check and the non-KV memory of every pipeline stage.
+
+    Raises `Refusal` with vLLM's own words when vLLM would refuse these flags.
+    """
+    notes = notes if notes is not None else []
     tp, pp, dp = (flags.tensor_parallel_size, flags.pipeline_parallel_size,
                   flags.data_parallel_size)
     need = tp * pp * dp
     if len(gpus) < need:
-        raise _Refusal(f"TP×PP×DP = {tp}×{pp}×{dp} = {need} GPUs needed, {len(gpus)} available.")
+        raise Refusal(f"TP×PP×DP = {tp}×{pp}×{dp} = {need} GPUs needed, {len(gpus)} available.")
     used = gpus[:need]
     gpu = min(used, key=lambda g: g.free_bytes)  # the tightest GPU decides
-    est.gpu_name, est.total_bytes = gpu.name, gpu.total_bytes
     max_model_len = flags.max_model_len or spec.max_position_embeddings
-    _validate(spec, tp, pp, max_model_len)
-    dtype = _serve_dtype(spec, flags, gpu, est)
+    validate_shape(spec, tp, pp, max_model_len)
+    dtype = _serve_dtype(spec, flags, gpu, notes)
     serve_size = DTYPE_SIZE[dtype]
     bits, scope = _quant_bits(spec, flags, gpu)
     kv_bytes = 1 if flags.kv_cache_dtype.startswith("fp8") else serve_size
@@ -253,7 +300,7 @@ def _run(spec: ModelSpec, gpus: list[GpuInfo], flags: EngineFlags, cal: EngineCa
         tokens = min(seqs * max_model_len, tokens)
     seqs = min(seqs, tokens)
     util = flags.gpu_memory_utilization or cal.gpu_memory_utilization
-    est.resolved = {
+    resolved = {
         "dtype": dtype, "max_model_len": max_model_len, "max_num_seqs": seqs,
         "max_num_batched_tokens": tokens, "gpu_memory_utilization": util,
         "kv_cache_dtype": "fp8" if kv_bytes == 1 else dtype, "quantization_bits": bits,
@@ -264,61 +311,72 @@ def _run(spec: ModelSpec, gpus: list[GpuInfo], flags: EngineFlags, cal: EngineCa
     free_at_start = gpu.total_bytes - gpu.used_bytes - ctx
     requested = math.ceil(gpu.total_bytes * util)
     if free_at_start < requested:
-        raise _Refusal(
+        raise Refusal(
             f"Free memory on device cuda:{gpu.index} ({free_at_start / GiB:.2f}/"
             f"{gpu.total_bytes / GiB:.2f} GiB) on startup is less than desired GPU memory "
             f"utilization ({util}, {requested / GiB:.2f} GiB). Decrease GPU memory utilization "
             "or reduce GPU memory used by other processes.")
 
-    tensors = spec.tensors
-    online = bits if scope == "online" else None
-    if tensors is None:
-        tensors = synthesize(spec, dtype, None if scope in ("none", "online") else bits,
-                             quant_scope="experts" if scope == "experts" else "linear")
-    ranks = weights_per_rank(spec, tensors, tp=tp, pp=pp, serve_size=serve_size,
-                             online_quant_bits=online)
-    stages = pp_layer_ranges(spec.num_layers, pp)
+    ranks = _rank_weights(spec, dtype, serve_size, bits, scope, tp, pp)
     non_torch = cal.non_torch_bytes(tp, pp)
-    geo_by_stage = []
-    for i, (rw, layers) in enumerate(zip(ranks, stages, strict=True)):
-        last = i == pp - 1
-        act = activation_bytes(spec, cal, tp=tp, last_stage=last, max_num_batched_tokens=tokens,
-                               max_num_seqs=seqs, act_bytes=serve_size)
+    stages: list[StageEstimate] = []
+    geos: list[kvm.KvGeometry] = []
+    for i, (rw, layers) in enumerate(zip(ranks, pp_layer_ranges(spec.num_layers, pp),
+                                         strict=True)):
+        act = activation_bytes(spec, cal, tp=tp, last_stage=i == pp - 1,
+                               max_num_batched_tokens=tokens, max_num_seqs=seqs,
+                               act_bytes=serve_size)
         graphs = cuda_graph_bytes(spec, cal, layers=len(layers),
                                   enforce_eager=flags.enforce_eager)
-        if flags.kv_cache_memory_bytes is not None:
-            kv_cache = flags.kv_cache_memory_bytes
-        else:
-            kv_cache = requested - rw.total - act - non_torch
-            if cal.subtract_cuda_graph_estimate:
-                kv_cache -= graphs
-        geo = kvm.geometry(spec, tp=tp, pp=pp, kv_bytes=kv_bytes, block_size=cal.block_size,
-                           stage_layers=len(layers))
-        geo_by_stage.append(geo)
-        est.stages.append(StageEstimate(
+        geos.append(kvm.geometry(spec, tp=tp, pp=pp, kv_bytes=kv_bytes,
+                                 block_size=cal.block_size, stage_layers=len(layers)))
+        stages.append(StageEstimate(
             stage=i, layers=len(layers), weights_bytes=rw.total,
             weights_by_component=dict(rw.by_component), activation_bytes=act,
-            non_torch_bytes=non_torch, cuda_graph_bytes=graphs, kv_cache_bytes=kv_cache,
+            non_torch_bytes=non_torch, cuda_graph_bytes=graphs, kv_cache_bytes=0,
             kv_cache_tokens=0, num_blocks=0, context_bytes=ctx))
+    if padded_vocab(spec.vocab_size, tp) != spec.vocab_size:
+        notes.append(f"vocabulary padded {spec.vocab_size} → "
+                     f"{padded_vocab(spec.vocab_size, tp)} for the embedding and LM head")
+    return Costs(gpu=gpu, dtype=dtype, kv_bytes=kv_bytes, max_model_len=max_model_len,
+                 max_num_seqs=seqs, max_num_batched_tokens=tokens, gpu_memory_utilization=util,
+                 requested_bytes=requested, stages=stages, geometries=geos, resolved=resolved)
+
+
+def _run(spec: ModelSpec, gpus: list[GpuInfo], flags: EngineFlags, cal: EngineCalibration,
+         est: Estimate) -> None:
+    c = costs(spec, gpus, flags, cal, est.notes)
+    est.gpu_name, est.total_bytes = c.gpu.name, c.gpu.total_bytes
+    est.resolved = c.resolved
+    est.stages = c.stages
+    requested, util, tokens, max_model_len = (c.requested_bytes, c.gpu_memory_utilization,
+                                              c.max_num_batched_tokens, c.max_model_len)
+    for s in c.stages:
+        if flags.kv_cache_memory_bytes is not None:
+            s.kv_cache_bytes = flags.kv_cache_memory_bytes
+        else:
+            s.kv_cache_bytes = requested - s.weights_bytes - s.activation_bytes - s.non_torch_bytes
+            if cal.subtract_cuda_graph_estimate:
+                s.kv_cache_bytes -= s.cuda_graph_bytes
     # vLLM gives every pipeline stage the smallest block count of all stages.
     blocks = min(kvm.num_blocks(g, max(0, s.kv_cache_bytes))
-                 for g, s in zip(geo_by_stage, est.stages, strict=True))
-    for g, s in zip(geo_by_stage, est.stages, strict=True):
+                 for g, s in zip(c.geometries, c.stages, strict=True))
+    for g, s in zip(c.geometries, c.stages, strict=True):
         s.num_blocks = blocks
         s.kv_cache_tokens = (blocks // g.num_groups) * g.block_size
-    worst_i = min(range(pp), key=lambda i: est.stages[i].kv_cache_bytes)
-    worst, geo = est.stages[worst_i], geo_by_stage[worst_i]
+    worst_i = min(range(len(c.stages)), key=lambda i: c.stages[i].kv_cache_bytes)
+    worst, geo = c.stages[worst_i], c.geometries[worst_i]
     if worst.kv_cache_bytes <= 0:
-        raise _Refusal(
+        raise Refusal(
             "No available memory for the cache blocks. Try increasing `gpu_memory_utilization` "
             f"when initializing the engine. (weights {worst.weights_bytes / GiB:.2f} GiB + "
             f"activation {worst.activation_bytes / GiB:.2f} GiB + non-torch "
             f"{worst.non_torch_bytes / GiB:.2f} GiB exceed {requested / GiB:.2f} GiB = "
-            f"{util} × {gpu.total_bytes / GiB:.2f} GiB)")
+            f"{util} × {c.gpu.total_bytes / GiB:.2f} GiB)")
     needed = kvm.bytes_for_one_request(geo, max_model_len, tokens)
     if needed > worst.kv_cache_bytes:
-        fit_len = _max_fitting_len(geo, worst.kv_cache_bytes, tokens, max_model_len)
-        raise _Refusal(
+        fit_len = max_fitting_len(geo, worst.kv_cache_bytes, tokens, max_model_len)
+        raise Refusal(
             f"To serve at least one request with the models's max seq len ({max_model_len}), "
             f"({needed / GiB:.2f} GiB KV cache is needed, which is larger than the available KV "
             f"cache memory ({worst.kv_cache_bytes / GiB:.2f} GiB). Based on the available "
@@ -326,12 +384,9 @@ def _run(spec: ModelSpec, gpus: list[GpuInfo], flags: EngineFlags, cal: EngineCa
             "`gpu_memory_utilization` or decreasing `max_model_len` when initializing the "
             "engine.")
     est.max_concurrency = blocks / kvm.blocks_per_request(geo, max_model_len, tokens)
-    if padded_vocab(spec.vocab_size, tp) != spec.vocab_size:
-        est.notes.append(f"vocabulary padded {spec.vocab_size} → "
-                         f"{padded_vocab(spec.vocab_size, tp)} for the embedding and LM head")
 
 
-def _max_fitting_len(geo: kvm.KvGeometry, kv_cache: int, tokens: int, upper: int) -> int:
+def max_fitting_len(geo: kvm.KvGeometry, kv_cache: int, tokens: int, upper: int) -> int:
     lo, hi = 0, upper
     while lo < hi:
         mid = (lo + hi + 1) // 2

@@ -11,6 +11,7 @@ part of "Model loading took", so it is part of the weights here.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ def padded_vocab(vocab: int, tp: int) -> int:
     return math.ceil(padded / tp) * tp
 
 
+@functools.lru_cache(maxsize=65536)
 def _component(name: str) -> str:
     low = name.lower()
     if any(k in low for k in _VISION):
@@ -92,6 +94,7 @@ def _stored_bytes(t: TensorInfo, serve_size: int, online_bits: float | None, com
     return t.numel * serve_size
 
 
+@functools.lru_cache(maxsize=65536)
 def _is_replicated(name: str) -> bool:
     return any(k in name for k in _REPLICATED_2D)
 
@@ -119,15 +122,15 @@ def weights_per_rank(spec: ModelSpec, tensors: list[TensorInfo], *, tp: int, pp:
             else:
                 result[-1].add("lm_head", per_rank)
             continue
-        m = _LAYER.search(t.name)
-        if comp == "vision" or m is None:
+        layer = _layer_index(t.name)
+        if comp == "vision" or layer is None:
             stage = 0 if comp == "vision" else (pp - 1 if "norm" in t.name else 0)
             if comp == "vision":
                 result[stage].add("vision", n / tp)
             else:
                 result[stage].add("norms" if len(t.shape) == 1 else comp, n)
             continue
-        stage = stage_of_layer.get(int(m.group(1)), 0)
+        stage = stage_of_layer.get(layer, 0)
         if comp == "experts" and t.dtype == "U8" and spec.quantization is not None \
                 and spec.quantization.method == "mxfp4":
             result[stage].add(comp, n / tp * mxfp4_padding(spec, tp))
@@ -136,7 +139,7 @@ def weights_per_rank(spec: ModelSpec, tensors: list[TensorInfo], *, tp: int, pp:
             result[stage].add("norms", n)
         elif _is_replicated(t.name):
             result[stage].add(comp, n)
-        elif re.search(r"\.(k_proj|v_proj)\.", t.name):
+        elif _is_kv_proj(t.name):
             result[stage].add(comp, n * kv_share)
         else:
             result[stage].add(comp, n / tp)
@@ -145,6 +148,17 @@ def weights_per_rank(spec: ModelSpec, tensors: list[TensorInfo], *, tp: int, pp:
         if rope:
             r.add("rope_cache", rope)
     return result
+
+
+@functools.lru_cache(maxsize=65536)
+def _layer_index(name: str) -> int | None:
+    m = _LAYER.search(name)
+    return int(m.group(1)) if m else None
+
+
+@functools.lru_cache(maxsize=65536)
+def _is_kv_proj(name: str) -> bool:
+    return re.search(r"\.(k_proj|v_proj)\.", name) is not None
 
 
 def mxfp4_padding(spec: ModelSpec, tp: int) -> float:

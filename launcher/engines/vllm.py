@@ -1,0 +1,71 @@
+"""Plan → the exact vLLM command line and environment (DESIGN §5).
+
+The server is started as `python -m vllm.entrypoints.openai.api_server` with the engine's own
+interpreter (the `vllm` console script breaks under the CPU package), with every planned number
+explicit so vLLM's own defaults never decide anything.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from launcher.planner.plan import Plan
+
+ENTRYPOINT = "vllm.entrypoints.openai.api_server"
+
+
+@dataclass(frozen=True)
+class EngineCommand:
+    argv: list[str]
+    env: dict[str, str]  # set on top of the launcher's environment
+
+    def shell(self) -> str:
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
+        return (env + " " if env else "") + shlex.join(self.argv)
+
+    def to_json(self) -> dict:
+        return {"argv": self.argv, "env": self.env, "shell": self.shell()}
+
+
+def command(plan: Plan, *, python: str, host: str = "127.0.0.1", port: int = 8000,
+            served_model_name: str | None = None, device: str = "cuda",
+            extra_args: tuple[str, ...] = ()) -> EngineCommand:
+    """The command that runs `plan`; raises ValueError for an infeasible plan."""
+    d = plan.decision()
+    if d is None or plan.chosen is None:
+        raise ValueError("an infeasible plan has no engine command")
+    argv = [python, "-m", ENTRYPOINT, "--model", str(d["model"]),
+            "--host", host, "--port", str(port)]
+    if served_model_name:
+        argv += ["--served-model-name", served_model_name]
+    argv += ["--dtype", str(d["dtype"])]
+    if plan.chosen.option.quantization_flag:
+        argv += ["--quantization", plan.chosen.option.quantization_flag]
+    argv += ["--kv-cache-dtype", str(d["kv_cache_dtype"]),
+             "--tensor-parallel-size", str(d["tensor_parallel_size"]),
+             "--pipeline-parallel-size", str(d["pipeline_parallel_size"]),
+             "--data-parallel-size", str(d["data_parallel_size"]),
+             "--max-model-len", str(d["max_model_len"]),
+             "--max-num-seqs", str(d["max_num_seqs"]),
+             "--max-num-batched-tokens", str(d["max_num_batched_tokens"]),
+             "--kv-cache-memory-bytes", str(d["kv_cache_memory_bytes"])]
+    if device == "cuda":
+        argv += ["--gpu-memory-utilization", f"{d['gpu_memory_utilization']:.2f}"]
+    if d["enforce_eager"]:
+        argv.append("--enforce-eager")
+    argv += list(extra_args)
+    env: dict[str, str] = {}
+    if device == "cuda":
+        env["CUDA_VISIBLE_DEVICES"] = visible_devices(plan)
+    return EngineCommand(argv, env)
+
+
+def visible_devices(plan: Plan) -> str:
+    """CUDA_VISIBLE_DEVICES for the planned GPUs: UUIDs where NVML gave them, because a UUID
+    names the same GPU whatever CUDA_VISIBLE_DEVICES / CUDA_DEVICE_ORDER the launcher itself
+    ran under; plain indices for simulated GPUs."""
+    gpus = plan.chosen.gpus if plan.chosen else []
+    if gpus and all(g.uuid for g in gpus):
+        return ",".join(str(g.uuid) for g in gpus)
+    return ",".join(str(g.index) for g in gpus)

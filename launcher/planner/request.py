@@ -1,0 +1,83 @@
+"""What the user asks the planner for, checked before any arithmetic.
+
+Conflicting or impossible options fail here with exit code 2 and the fix, so the planner itself
+only ever answers "fits" or "does not fit" (exit 3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from launcher.errors import InputError
+
+Objective = Literal["throughput", "latency"]
+
+# Weight precisions a user can ask for by name; "auto" walks the ladder.
+QUANTIZATION_CHOICES = ("auto", "none", "fp8", "awq", "gptq", "bitsandbytes", "4bit")
+KV_CHOICES = ("auto", "fp8")
+DEFAULT_MIN_CONTEXT = 4096
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    headroom: float = 0.2
+    max_model_len: int | None = None  # cap; None = the model's maximum
+    min_context: int | None = None  # floor when shortening; None = min(4096, model maximum)
+    min_concurrency: int = 8  # full-length sequences per replica
+    quantization: str = "auto"
+    kv_cache_dtype: str = "auto"  # auto = the planner may step down to fp8
+    tp: int | None = None  # None = auto
+    pp: int | None = None
+    objective: Objective = "throughput"
+    enforce_eager: bool = False
+
+    def check(self, model_max_len: int) -> None:
+        """Raise InputError for options that contradict each other or the model."""
+        if not 0 <= self.headroom <= 0.9:
+            raise InputError(f"--headroom {self.headroom} is outside [0, 0.9]",
+                             fix="Give the fraction of each GPU that stays free, e.g. 0.2.")
+        if self.min_concurrency < 1:
+            raise InputError(f"--min-concurrency {self.min_concurrency} is below 1",
+                             fix="Ask for at least one full-length sequence per replica.")
+        if self.quantization not in QUANTIZATION_CHOICES:
+            raise InputError(f"--quantization {self.quantization!r} is not one of "
+                             f"{', '.join(QUANTIZATION_CHOICES)}",
+                             fix="Use auto to let the planner choose.")
+        if self.kv_cache_dtype not in KV_CHOICES:
+            raise InputError(f"--kv-cache-dtype {self.kv_cache_dtype!r} is not auto or fp8",
+                             fix="Use auto (planner decides) or fp8.")
+        if self.objective not in ("throughput", "latency"):
+            raise InputError(f"--objective {self.objective!r} is not throughput or latency",
+                             fix="Use --objective throughput or --objective latency.")
+        for name, v in (("--tp", self.tp), ("--pp", self.pp)):
+            if v is not None and v < 1:
+                raise InputError(f"{name} {v} is below 1", fix=f"Use {name} auto or a positive size.")
+        if self.max_model_len is not None:
+            if self.max_model_len < 1:
+                raise InputError(f"--max-model-len {self.max_model_len} is below 1",
+                                 fix="Give a context length in tokens, e.g. 8192.")
+            if self.max_model_len > model_max_len:
+                raise InputError(
+                    f"--max-model-len {self.max_model_len} is above the model's maximum "
+                    f"({model_max_len} tokens, from its config)",
+                    fix=f"Use --max-model-len {model_max_len} or less.")
+        if self.min_context is not None:
+            if self.min_context > model_max_len:
+                raise InputError(
+                    f"--min-context {self.min_context} is above the model's maximum context "
+                    f"({model_max_len} tokens)",
+                    fix=f"Use --min-context {model_max_len} or less.")
+            if self.max_model_len is not None and self.min_context > self.max_model_len:
+                raise InputError(
+                    f"--min-context {self.min_context} is above --max-model-len "
+                    f"{self.max_model_len}",
+                    fix="The floor must not be above the cap; lower --min-context.")
+
+    def context_cap(self, model_max_len: int) -> int:
+        return self.max_model_len or model_max_len
+
+    def context_floor(self, model_max_len: int) -> int:
+        cap = self.context_cap(model_max_len)
+        floor = self.min_context if self.min_context is not None else DEFAULT_MIN_CONTEXT
+        return min(floor, cap)
