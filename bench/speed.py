@@ -1,10 +1,13 @@
-"""Wall time of dry estimates, as a user runs them (a fresh process each time).
+"""Wall time of dry estimates and dry-run plans, as a user runs them (a fresh process each).
 
     python bench/speed.py [--runs 7]
 
 Prints median / min / max seconds for:
   * `launcher estimate deepseek-67b --gpus 2xH100-80GB --tp 2 --json` (target ≤ 0.5 s)
   * the same on a local checkpoint of 100 safetensors shards (target ≤ 1 s)
+  * `serve deepseek-67b --dry-run --gpus 8xH100-80GB --json` (target ≤ 0.5 s)
+  * `serve deepseek-67b --dry-run --gpus 1xRTX4090 --json`: nothing fits, so it also works
+    out what would (no target; reported)
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ from safetensors.numpy import save_file
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def timed(args: list[str], runs: int) -> list[float]:
-    cmd = [sys.executable, "-c", "from launcher.cli import main; main()", *args]
+def timed(args: list[str], runs: int, entry: str = "main") -> list[float]:
+    cmd = [sys.executable, "-c", f"from launcher.cli import {entry}; {entry}()", *args]
     out = []
     for _ in range(runs):
         t = time.perf_counter()
@@ -69,11 +72,18 @@ def main() -> int:
         rows.append(("estimate <local dir, 100 shards> 2xH100-80GB tp2 --json",
                      timed(["estimate", str(d), "--gpus", "2xH100-80GB", "--tp", "2", "--json"],
                            n), 1.0))
+    rows.append(("serve deepseek-67b --dry-run 8xH100-80GB --json",
+                 timed(["deepseek-67b", "--dry-run", "--gpus", "8xH100-80GB", "--json"], n,
+                       "serve_main"), 0.5))
+    rows.append(("serve deepseek-67b --dry-run 1xRTX4090 --json (does not fit)",
+                 timed(["deepseek-67b", "--dry-run", "--gpus", "1xRTX4090", "--json"], n,
+                       "serve_main"), None))
     print(f"{'command':<58} {'median s':>9} {'min':>7} {'max':>7} {'target':>7}")
     for name, times, target in rows:
         med = statistics.median(times)
-        print(f"{name:<58} {med:>9.3f} {min(times):>7.3f} {max(times):>7.3f} {target:>7.1f}"
-              f"  {'ok' if med <= target else 'SLOW'}")
+        verdict = "" if target is None else ("  ok" if med <= target else "  SLOW")
+        print(f"{name:<58} {med:>9.3f} {min(times):>7.3f} {max(times):>7.3f} "
+              f"{'–' if target is None else f'{target:.1f}':>7}{verdict}")
     return 0
 
 

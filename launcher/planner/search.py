@@ -176,6 +176,11 @@ def plan(spec: ModelSpec, gpus: Sequence[GpuInfo], cal: EngineCalibration, req: 
              headroom=req.headroom, inventory_source=inventory_source,
              unavailable=[dataclasses.asdict(u) for u in unavailable])
     p.notes.extend(spec.assumptions)
+    if spec.mla is not None:
+        p.notes.append(
+            f"MLA: every GPU caches the whole compressed latent ({spec.mla.kv_lora_rank} + "
+            f"{spec.mla.qk_rope_head_dim} values per token per layer) of the layers it holds; "
+            "tensor parallelism does not shrink the KV cache per GPU, pipeline stages do")
     if not options:
         p.reason = (f"no weight precision is available for --quantization {req.quantization}: "
                     + "; ".join(f"{u.label}: {u.reason}" for u in unavailable))
@@ -203,7 +208,8 @@ def _closest(tried: list[Candidate]) -> Candidate | None:
     if not tried:
         return None
     last = [c for c in tried if c.option is tried[-1].option]
-    return max(last, key=lambda c: (c.gpus_per_replica * c.dp, c.concurrency, -c.pp))
+    return max(last, key=lambda c: (c.gpus_per_replica * c.dp, c.gpus_per_replica, -c.pp,
+                                    c.concurrency))
 
 
 def _model_json(spec: ModelSpec, model_ref: str | None) -> dict:
@@ -233,7 +239,7 @@ def suggest(spec: ModelSpec, cal: EngineCalibration, req: PlanRequest,
             by_level.setdefault(o.level, o)
         phrases = []
         for level in sorted(by_level):
-            for n in (1, 2, 4, 8):
+            for n in (1, 2, 4, 8, 16):
                 gpus = [dataclasses.replace(clean, index=i) for i in range(n)]
                 chosen, _, _ = search(spec, gpus, cal, free_req, [by_level[level]])
                 if chosen is not None:
@@ -246,7 +252,7 @@ def suggest(spec: ModelSpec, cal: EngineCalibration, req: PlanRequest,
         if phrases:
             out.append("would fit on " + ", or ".join(phrases))
         else:
-            out.append(f"does not fit on up to 8× {t.catalog_name or t.name} at any precision")
+            out.append(f"does not fit on up to 16× {t.catalog_name or t.name} at any precision")
     return out
 
 
@@ -296,10 +302,19 @@ def _explain(spec: ModelSpec, c: Candidate, tried: list[Candidate], failed_rungs
             s = max(smaller, key=lambda t: t.gpus_per_replica)
             tp_why += f"; TP{s.tp}×PP{s.pp} rejected: {s.reason}"
     d.append(Decision("tensor_parallel_size", c.tp, tp_why))
-    d.append(Decision("pipeline_parallel_size", c.pp,
-                      f"--pp {req.pp}" if req.pp else
-                      ("tensor parallel inside one node comes first" if c.pp == 1 else
-                       f"no tensor-parallel-only shape fits; {c.pp} stages split the layers")))
+    if req.pp:
+        pp_why = f"--pp {req.pp}"
+    elif c.pp == 1:
+        pp_why = "tensor parallel inside one node comes first"
+    else:
+        tp_only = [t for t in tried if t.rung == c.rung and t.pp == 1 and not t.feasible]
+        pp_why = f"{c.pp} stages split the layers"
+        if spec.mla is not None:
+            pp_why += " and with them the MLA cache, which tensor parallelism does not split"
+        if tp_only:
+            b = max(tp_only, key=lambda t: t.tp)
+            pp_why += f"; TP{b.tp} alone: {b.reason}"
+    d.append(Decision("pipeline_parallel_size", c.pp, pp_why))
     spare = len(gpus) - c.gpus_per_replica * c.dp
     d.append(Decision("data_parallel_size", c.dp,
                       f"{len(gpus)} GPUs / {c.gpus_per_replica} per replica = {c.dp} "
