@@ -177,6 +177,8 @@ EagerOpt = Annotated[bool, typer.Option(envvar=_env("enforce_eager"),
                                         help="No CUDA graphs (less memory, slower decode).")]
 EnginePythonOpt = Annotated[str | None, typer.Option(
     envvar=_env("engine_python"), help="Python interpreter with vLLM (default: this one).")]
+DeviceOpt = Annotated[str, typer.Option(
+    envvar=_env("device"), help="auto (GPUs if NVML finds any, else vLLM's CPU backend), cuda or cpu.")]
 HostOpt = Annotated[str, typer.Option(envvar=_env("host"), help="Address the server binds.")]
 PortOpt = Annotated[int, typer.Option(envvar=_env("port"), help="Port of the OpenAI API.")]
 
@@ -196,7 +198,7 @@ def _size(name: str, value: str) -> int | None:
 
 def _plan_and_print(model: str, *, gpus, inventory_file, headroom, max_model_len, min_context,
                     min_concurrency, quantization, kv_cache_dtype, tp, pp, objective,
-                    engine_version, enforce_eager, engine_python, host, port,
+                    engine_version, enforce_eager, engine_python, host, port, device,
                     json_out: bool) -> None:
     from launcher.planner import PlanRequest
     from launcher.planning import Target, build_plan
@@ -206,7 +208,7 @@ def _plan_and_print(model: str, *, gpus, inventory_file, headroom, max_model_len
                       kv_cache_dtype=kv_cache_dtype, tp=_size("--tp", tp), pp=_size("--pp", pp),
                       objective=objective, enforce_eager=enforce_eager)  # type: ignore[arg-type]
     target = Target(gpus=gpus, inventory_file=inventory_file, engine_version=engine_version,
-                    engine_python=engine_python, host=host, port=port)
+                    engine_python=engine_python, host=host, port=port, device=device)
     p = build_plan(model, req, target)
     out = p.to_json()
     if json_out:
@@ -239,6 +241,7 @@ def plan(
     engine_python: EnginePythonOpt = None,
     host: HostOpt = "127.0.0.1",
     port: PortOpt = 8000,
+    device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
 ):
     """The launch plan for MODEL on these GPUs, with every decision explained (starts nothing)."""
@@ -247,7 +250,8 @@ def plan(
                     min_concurrency=min_concurrency, quantization=quantization,
                     kv_cache_dtype=kv_cache_dtype, tp=tp, pp=pp, objective=objective,
                     engine_version=engine_version, enforce_eager=enforce_eager,
-                    engine_python=engine_python, host=host, port=port, json_out=json_out)
+                    engine_python=engine_python, host=host, port=port, device=device,
+                    json_out=json_out)
 
 
 def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
@@ -325,6 +329,7 @@ def serve(
     engine_python: EnginePythonOpt = None,
     host: HostOpt = "127.0.0.1",
     port: PortOpt = 8000,
+    device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
 ):
     """Plan, launch, verify and serve MODEL (`--dry-run`: print the plan only)."""
@@ -334,7 +339,8 @@ def serve(
                         min_concurrency=min_concurrency, quantization=quantization,
                         kv_cache_dtype=kv_cache_dtype, tp=tp, pp=pp, objective=objective,
                         engine_version=engine_version, enforce_eager=enforce_eager,
-                        engine_python=engine_python, host=host, port=port, json_out=json_out)
+                        engine_python=engine_python, host=host, port=port, device=device,
+                    json_out=json_out)
     raise InputError(
         "`serve` plans but does not launch yet: the engine launcher is the next issue",
         fix="Use --dry-run to see the plan and the exact engine command.",

@@ -22,6 +22,7 @@ class Target:
     engine_python: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
+    device: str = "auto"  # auto | cuda | cpu
 
 
 def model_ref(spec) -> str | None:
@@ -38,30 +39,76 @@ def served_name(model: str) -> str | None:
     return model
 
 
+def resolve_devices(target: Target):
+    """(device, devices to plan on, inventory source, notes).
+
+    `auto` is the GPUs NVML sees, else (no driver, or no GPU) the CPU backend on host memory.
+    `--gpus`/`--inventory-file` describe GPUs unless `--device cpu` asks for the snapshot's host.
+    """
+    from launcher.errors import HardwareError, InputError
+    from launcher.hardware import get_inventory
+    from launcher.hardware.cpu import NodeMemory, cpu_device, read_node_memory
+
+    if target.device not in ("auto", "cuda", "cpu"):
+        raise InputError(f"--device {target.device!r} is not auto, cuda or cpu",
+                         fix="Use --device auto (GPUs if any, else CPU), cuda or cpu.")
+    if target.device == "cpu":
+        if target.gpus:
+            raise InputError("--device cpu with --gpus: simulated GPUs are not host memory",
+                             fix="Drop --gpus to plan on this host's memory.")
+        if target.inventory_file:
+            inv = get_inventory(inventory_file=target.inventory_file)
+            if inv.host is None:
+                raise InputError(f"{target.inventory_file} has no host memory reading",
+                                 fix="Record it with `launcher gpus --json` on the host.")
+            mem = NodeMemory(0, inv.host.total_ram_bytes, inv.host.available_ram_bytes,
+                             f"file:{target.inventory_file}")
+            return "cpu", [cpu_device(mem)], mem.source, []
+        mem = read_node_memory()
+        return "cpu", [cpu_device(mem)], f"host:{mem.source}", []
+    if target.gpus or target.inventory_file or target.device == "cuda":
+        inv = get_inventory(gpus=target.gpus, inventory_file=target.inventory_file)
+        return "cuda", list(inv.gpus), inv.source, list(inv.assumptions)
+    try:
+        inv = get_inventory()
+    except HardwareError as e:
+        mem = read_node_memory()
+        return "cpu", [cpu_device(mem)], f"host:{mem.source}", [
+            f"no GPU ({e.message.rstrip('.')}): planning for vLLM's CPU backend on host memory"]
+    if not inv.gpus:
+        mem = read_node_memory()
+        return "cpu", [cpu_device(mem)], f"host:{mem.source}", [
+            "NVML sees no GPU: planning for vLLM's CPU backend on host memory"]
+    return "cuda", list(inv.gpus), inv.source, list(inv.assumptions)
+
+
 def build_plan(model: str, req: PlanRequest, target: Target) -> Plan:
+    from dataclasses import replace
+
     from launcher.engines.version import choose_version
     from launcher.engines.vllm import command
-    from launcher.hardware import get_inventory
     from launcher.hardware.catalog import simulated_inventory
     from launcher.memory.overheads import calibration_for
     from launcher.models.profiles import find_profile
     from launcher.models.resolve import resolve_model
 
-    version, version_source = choose_version(target.engine_version)
-    cal = calibration_for(version)
+    device, devices, source, notes = resolve_devices(target)
+    req = replace(req, device=device)
+    version, version_source = choose_version(target.engine_version, device)
+    cal = calibration_for(version, device)
     spec = resolve_model(model)
     req.check(spec.max_position_embeddings)
-    inv = get_inventory(gpus=target.gpus, inventory_file=target.inventory_file)
     profile = find_profile(model) if not Path(model).expanduser().exists() else None
-    templates = list(inv.gpus[:1])
-    h100 = simulated_inventory("1xH100-80GB").gpus[0]
-    if not templates or templates[0].name != h100.name:
-        templates.append(h100)
-    p = make_plan(spec, list(inv.gpus), cal, req,
+    templates = list(devices[:1])
+    if device == "cuda":
+        h100 = simulated_inventory("1xH100-80GB").gpus[0]
+        if not templates or templates[0].name != h100.name:
+            templates.append(h100)
+    p = make_plan(spec, devices, cal, req,
                   variants=profile.variants if profile else (), model_ref=model_ref(spec),
                   engine_version_source=f"{version} ({version_source})", templates=templates,
-                  inventory_source=inv.source)
-    p.notes.extend(inv.assumptions)
+                  inventory_source=source)
+    p.notes.extend(notes)
     if p.feasible:
         p.engine = command(p, python=target.engine_python or sys.executable, host=target.host,
                            port=target.port, served_model_name=served_name(model)).to_json()

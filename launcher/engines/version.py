@@ -19,15 +19,15 @@ def installed_vllm() -> tuple[str, str] | None:
     return None
 
 
-def choose_version(requested: str | None) -> tuple[str, str]:
+def choose_version(requested: str | None, device: str = "cuda") -> tuple[str, str]:
     """(version, where it came from) for an estimate, saying so when it falls back."""
     if requested:
         return requested, "--engine-version"
-    newest = calibrated_versions()[-1]
+    newest = calibrated_versions(device)[-1]
     found = installed_vllm()
     if found is None:
         return newest, "newest calibrated (no vllm installed)"
     version, dist = found
-    if ".".join(version.split(".")[:2]) in calibrated_versions():
+    if ".".join(version.split(".")[:2]) in calibrated_versions(device):
         return version, f"installed {dist}"
     return newest, f"newest calibrated (installed {dist} {version} is not calibrated)"

@@ -15,23 +15,37 @@ from launcher.planner.plan import Plan
 ENTRYPOINT = "vllm.entrypoints.openai.api_server"
 
 
+# Inherited variables that would override the planned numbers: on the CPU backend
+# VLLM_CPU_KVCACHE_SPACE replaces --kv-cache-memory-bytes (platforms/cpu.py).
+UNSET = ("VLLM_CPU_KVCACHE_SPACE",)
+
+
 @dataclass(frozen=True)
 class EngineCommand:
     argv: list[str]
     env: dict[str, str]  # set on top of the launcher's environment
+    unset: tuple[str, ...] = UNSET  # removed from it
+
+    def environment(self, base: dict[str, str]) -> dict[str, str]:
+        env = {k: v for k, v in base.items() if k not in self.unset}
+        env.update(self.env)
+        return env
 
     def shell(self) -> str:
-        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
-        return (env + " " if env else "") + shlex.join(self.argv)
+        env = " ".join([*(f"-u {k}" for k in self.unset),
+                        *(f"{k}={shlex.quote(v)}" for k, v in self.env.items())])
+        return "env " + env + " " + shlex.join(self.argv)
 
     def to_json(self) -> dict:
-        return {"argv": self.argv, "env": self.env, "shell": self.shell()}
+        return {"argv": self.argv, "env": self.env, "unset": list(self.unset),
+                "shell": self.shell()}
 
 
 def command(plan: Plan, *, python: str, host: str = "127.0.0.1", port: int = 8000,
-            served_model_name: str | None = None, device: str = "cuda",
+            served_model_name: str | None = None, device: str | None = None,
             extra_args: tuple[str, ...] = ()) -> EngineCommand:
     """The command that runs `plan`; raises ValueError for an infeasible plan."""
+    device = device or plan.request.get("device", "cuda")
     d = plan.decision()
     if d is None or plan.chosen is None:
         raise ValueError("an infeasible plan has no engine command")

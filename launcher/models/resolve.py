@@ -25,6 +25,10 @@ def resolve_model(name: str) -> ModelSpec:
         return spec_from_dir(path)
     profile = find_profile(name)
     if profile is not None:
+        if profile.local_dir == "builtin:demo":
+            from launcher.models.demo import ensure_demo_model
+
+            return spec_from_dir(ensure_demo_model(), name=profile.key)
         if profile.local_dir:
             local = Path(profile.local_dir).expanduser()
             if local.exists():

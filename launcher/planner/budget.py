@@ -111,9 +111,10 @@ def evaluate(cand: Candidate, gpus: list[GpuInfo], cal: EngineCalibration, headr
     used = gpus[:need]
     cand.gpus = used
     ctx = cal.context_bytes(cand.tp, cand.pp)
-    util = start_utilization(used, ctx, headroom)
+    cpu = cal.device == "cpu"
+    util = 1.0 - headroom if cpu else start_utilization(used, ctx, headroom)
     cand.gpu_memory_utilization = util
-    if util < 0.05:
+    if util < 0.05 and not cpu:
         g = min(used, key=lambda x: x.total_bytes - x.used_bytes)
         cand.reason = (f"GPU {g.index} has {(g.total_bytes - g.used_bytes) / GiB:.1f} GiB free of "
                        f"{g.total_bytes / GiB:.1f} GiB: other processes leave no room")
@@ -157,6 +158,19 @@ def evaluate(cand: Candidate, gpus: list[GpuInfo], cal: EngineCalibration, headr
             f"{tight.limit_bytes / GiB:.1f} GiB limit ({1 - headroom:.0%} of "
             f"{tight.total_bytes / GiB:.1f} GiB)")
         return cand
+    if cpu:
+        # Host RAM is shared with everything else on the machine: hold what the batch can
+        # use (max(max_num_seqs, min_concurrency) full-length sequences), not all that is left.
+        geo0 = c.geometries[0]
+        seqs_held = max(cand.max_num_seqs, min_concurrency)
+        blocks = seqs_held * kvm.blocks_per_request(geo0, cand.max_model_len,
+                                                    cand.max_num_batched_tokens) + 1
+        need = -(-blocks * geo0.bytes_per_block // MiB) * MiB
+        if need < kv_cache:
+            kv_cache = need
+            cand.notes.append(f"KV cache sized for {seqs_held} sequences of "
+                              f"{cand.max_model_len:,} tokens ({need / GiB:.2f} GiB), not all "
+                              "free host memory")
     for b in budgets:
         b.planned["kv_cache"] = kv_cache
     cand.kv_cache_memory_bytes = kv_cache

@@ -64,6 +64,12 @@ def weight_options(spec: ModelSpec, variants: tuple[Variant, ...], gpus: list[Gp
     opts: list[WeightOption] = []
     skipped: list[Unavailable] = []
     pre_quantized = spec.quantization is not None
+    if cal.device == "cpu":
+        native = WeightOption("native", _native_label(spec, (9, 0)), 0, spec, None,
+                              spec.quantization.method if pre_quantized else None, model_ref)
+        skipped.append(Unavailable("fp8", "fp8 / 4-bit", 1, "the CPU backend serves the "
+                                   "checkpoint's own weights; no online quantization"))
+        return _filter([native], skipped, wanted)
 
     opts.append(WeightOption("native", _native_label(spec, cc), 0 if not pre_quantized else
                              (1 if spec.quantization.weight_bits >= 8 else 2),

@@ -62,7 +62,8 @@ class Plan:
             "max_num_seqs": c.max_num_seqs,
             "max_num_batched_tokens": c.max_num_batched_tokens,
             "kv_cache_memory_bytes": c.kv_cache_memory_bytes,
-            "gpu_memory_utilization": c.gpu_memory_utilization,
+            "gpu_memory_utilization": None if self.request.get("device") == "cpu"
+            else c.gpu_memory_utilization,
             "enforce_eager": self.request.get("enforce_eager", False),
         }
 
@@ -93,6 +94,7 @@ class Plan:
             "engine_version_source": self.engine_version_source,
             "inventory_source": self.inventory_source,
             "request": self.request,
+            "device": self.request.get("device", "cuda"),
             "headroom": self.headroom,
             "decision": self.decision(),
             "weights": self.chosen.option.label if self.chosen else None,

@@ -31,6 +31,7 @@ class PlanRequest:
     pp: int | None = None
     objective: Objective = "throughput"
     enforce_eager: bool = False
+    device: str = "cuda"  # "cuda" or "cpu" (vLLM's CPU backend, budget = host memory)
 
     def check(self, model_max_len: int) -> None:
         """Raise InputError for options that contradict each other or the model."""
@@ -50,6 +51,13 @@ class PlanRequest:
         if self.objective not in ("throughput", "latency"):
             raise InputError(f"--objective {self.objective!r} is not throughput or latency",
                              fix="Use --objective throughput or --objective latency.")
+        if self.device not in ("cuda", "cpu"):
+            raise InputError(f"--device {self.device!r} is not cuda or cpu",
+                             fix="Use --device auto, cuda or cpu.")
+        if self.device == "cpu" and ((self.tp or 1) > 1 or (self.pp or 1) > 1):
+            raise InputError("--tp/--pp above 1 on the CPU backend",
+                             fix="The launcher runs vLLM's CPU backend on one NUMA node; use "
+                                 "--tp 1 --pp 1.")
         for name, v in (("--tp", self.tp), ("--pp", self.pp)):
             if v is not None and v < 1:
                 raise InputError(f"{name} {v} is below 1", fix=f"Use {name} auto or a positive size.")

@@ -28,6 +28,8 @@ from launcher.units import GiB
 
 # (max_num_batched_tokens, max_num_seqs), tried in order inside each shape.
 BATCH_TIERS = ((8192, 256), (2048, 64))
+# The CPU backend computes on a few cores: smaller steps keep time-to-first-token sane.
+CPU_BATCH_TIERS = ((2048, 32), (512, 8))
 LEVEL_NAMES = {0: "full precision", 1: "8-bit", 2: "4-bit"}
 
 
@@ -41,6 +43,8 @@ def _pow2_upto(n: int) -> list[int]:
 
 def shapes(spec: ModelSpec, n: int, req: PlanRequest) -> list[tuple[int, int]]:
     """(tp, pp) pairs worth sizing on n GPUs; vLLM's validity is checked when sized."""
+    if req.device == "cpu":
+        return [(1, 1)]
     tps = [req.tp] if req.tp else _pow2_upto(n)
     pps = [req.pp] if req.pp else [p for p in _pow2_upto(n) if p <= 8]
     out = [(t, p) for t in tps for p in pps if t * p <= n and p <= spec.num_layers]
@@ -73,11 +77,12 @@ def _size_shape(opt: WeightOption, kv: str, tp: int, pp: int, length: int,
     dps = [max_dp] if _homogeneous(gpus) else list(range(max_dp, 0, -1))
     first: Candidate | None = None
     for dp in dps:
-        for tokens, seqs in BATCH_TIERS:
+        tiers = CPU_BATCH_TIERS if req.device == "cpu" else BATCH_TIERS
+        for tokens, seqs in tiers:
             c = evaluate(Candidate(opt, kv, tp, pp, dp, length, seqs, tokens), gpus, cal,
                          req.headroom, req.min_concurrency, req.enforce_eager)
             if c.feasible:
-                if first is not None and tokens != BATCH_TIERS[0][0]:
+                if first is not None and tokens != tiers[0][0]:
                     c.notes.append(f"batch lowered to {tokens} tokens / {seqs} sequences: at "
                                    f"{first.max_num_batched_tokens}: {first.reason}")
                 return c
@@ -111,6 +116,8 @@ def _rungs(options: list[WeightOption], req: PlanRequest, spec: ModelSpec) -> li
     out: list[_Rung] = []
     for opt in options:
         kvs = ["auto", "fp8"] if req.kv_cache_dtype == "auto" else [req.kv_cache_dtype]
+        if req.device == "cpu":
+            kvs = ["auto"]
         out.extend(_Rung(opt, kv, False) for kv in kvs)
         out.append(_Rung(opt, kvs[-1], True))
     return out
@@ -346,11 +353,26 @@ def _explain(spec: ModelSpec, c: Candidate, tried: list[Candidate], failed_rungs
                       f"{c.max_num_seqs} × vocab {spec.vocab_size:,} buffers are in the "
                       "activation budget (vLLM's default tier would allow more)"))
     tight = min(c.budgets, key=lambda b: b.limit_bytes - b.planned_total + b.planned["kv_cache"])
-    d.append(Decision("kv_cache_memory_bytes", c.kv_cache_memory_bytes,
-                      f"{c.kv_cache_memory_bytes / GiB:.2f} GiB: what is left under the "
-                      f"{tight.limit_bytes / GiB:.1f} GiB limit ({1 - req.headroom:.0%} of "
-                      f"{tight.total_bytes / GiB:.1f} GiB) on GPU {tight.index}; passed "
-                      "exactly, so vLLM does not size the cache itself"))
+    capped = next((n for n in c.notes if n.startswith("KV cache sized for")), None)
+    if capped:
+        d.append(Decision("kv_cache_memory_bytes", c.kv_cache_memory_bytes,
+                          f"{capped}; the {tight.limit_bytes / GiB:.1f} GiB limit "
+                          f"({1 - req.headroom:.0%} of {tight.total_bytes / GiB:.1f} GiB) "
+                          "would allow more"))
+    else:
+        d.append(Decision("kv_cache_memory_bytes", c.kv_cache_memory_bytes,
+                          f"{c.kv_cache_memory_bytes / GiB:.2f} GiB: what is left under the "
+                          f"{tight.limit_bytes / GiB:.1f} GiB limit ({1 - req.headroom:.0%} "
+                          f"of {tight.total_bytes / GiB:.1f} GiB) on GPU {tight.index}; "
+                          "passed exactly, so vLLM does not size the cache itself"))
+    if req.device == "cpu":
+        d.append(Decision("gpu_memory_utilization", None,
+                          "not passed: the CPU backend takes the KV cache size as given"))
+        d.append(Decision("enforce_eager", req.enforce_eager,
+                          "--enforce-eager: no torch.compile warm-up, faster start, slower "
+                          "steps" if req.enforce_eager else
+                          "torch.compile kept for step speed (compiled once, then cached)"))
+        return d
     d.append(Decision("gpu_memory_utilization", c.gpu_memory_utilization,
                       "only vLLM's start-up gate (free memory ≥ U × total); the cache size "
                       "is fixed by kv_cache_memory_bytes"))
