@@ -254,6 +254,25 @@ def plan(
                     json_out=json_out)
 
 
+@app.command("demo-model")
+def demo_model(
+    directory: Annotated[str | None, typer.Argument(
+        help="Where to build it (default: $LAUNCHER_CACHE_DIR/demo-model).")] = None,
+    force: Annotated[bool, typer.Option(help="Rebuild even if it is already there.")] = False,
+):
+    """Build the tiny demo model (random weights, trained BPE tokenizer; no download)."""
+    from pathlib import Path
+
+    from launcher.models.demo import build_demo_model, default_dir, is_built
+
+    path = Path(directory).expanduser() if directory else default_dir()
+    if force or not is_built(path):
+        build_demo_model(path)
+        print(f"built {path}")
+    else:
+        print(f"already built: {path}")
+
+
 def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
     """(usage-error types, abort types) of click and of typer's vendored copy of it."""
     usage: list[type] = []
@@ -330,9 +349,17 @@ def serve(
     host: HostOpt = "127.0.0.1",
     port: PortOpt = 8000,
     device: DeviceOpt = "auto",
+    report: Annotated[str | None, typer.Option(
+        envvar=_env("report"), help="Write the launch report (JSON) here.")] = None,
+    max_attempts: Annotated[int, typer.Option(
+        envvar=_env("max_attempts"), help="Launches to try, stepping down after each failure.")] = 3,
+    log_dir: Annotated[str | None, typer.Option(
+        envvar=_env("log_dir"), help="Where engine logs go (default: the launcher cache).")] = None,
+    ready_timeout: Annotated[float, typer.Option(
+        envvar=_env("ready_timeout"), help="Seconds to wait for the engine's /health.")] = 1200.0,
     json_out: JsonOpt = False,
 ):
-    """Plan, launch, verify and serve MODEL (`--dry-run`: print the plan only)."""
+    """Plan, launch, warm up, verify and serve MODEL (`--dry-run`: print the plan only)."""
     if dry_run:
         _plan_and_print(model, gpus=gpus, inventory_file=inventory_file, headroom=headroom,
                         max_model_len=max_model_len, min_context=min_context,
@@ -340,11 +367,27 @@ def serve(
                         kv_cache_dtype=kv_cache_dtype, tp=tp, pp=pp, objective=objective,
                         engine_version=engine_version, enforce_eager=enforce_eager,
                         engine_python=engine_python, host=host, port=port, device=device,
-                    json_out=json_out)
-    raise InputError(
-        "`serve` plans but does not launch yet: the engine launcher is the next issue",
-        fix="Use --dry-run to see the plan and the exact engine command.",
-        hint=f"serve {model} --dry-run")
+                        json_out=json_out)
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from launcher.planner import PlanRequest
+    from launcher.planning import Target
+    from launcher.runtime.serve import ServeOptions, run_serve
+
+    if json_out:
+        raise InputError("--json goes with --dry-run", fix="serve prints progress; its JSON "
+                         "record is the --report file.")
+    req = PlanRequest(headroom=headroom, max_model_len=max_model_len, min_context=min_context,
+                      min_concurrency=min_concurrency, quantization=quantization,
+                      kv_cache_dtype=kv_cache_dtype, tp=_size("--tp", tp), pp=_size("--pp", pp),
+                      objective=objective, enforce_eager=enforce_eager)  # type: ignore[arg-type]
+    target = Target(gpus=gpus, inventory_file=inventory_file, engine_version=engine_version,
+                    engine_python=engine_python, host=host, port=port, device=device)
+    opts = ServeOptions(report=Path(report) if report else None, max_attempts=max_attempts,
+                        log_dir=Path(log_dir) if log_dir else None, ready_timeout=ready_timeout)
+    raise typer.Exit(run_serve(model, req, target, opts, Console(highlight=False)))
 
 
 def serve_main(argv: list[str] | None = None) -> None:

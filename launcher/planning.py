@@ -82,7 +82,9 @@ def resolve_devices(target: Target):
     return "cuda", list(inv.gpus), inv.source, list(inv.assumptions)
 
 
-def build_plan(model: str, req: PlanRequest, target: Target) -> Plan:
+def build_plan(model: str, req: PlanRequest, target: Target, devices=None) -> Plan:
+    """Plan `model`; `devices` replaces the inventory (a relaunch re-plans on memory the
+    engine measured)."""
     from dataclasses import replace
 
     from launcher.engines.version import choose_version
@@ -92,7 +94,11 @@ def build_plan(model: str, req: PlanRequest, target: Target) -> Plan:
     from launcher.models.profiles import find_profile
     from launcher.models.resolve import resolve_model
 
-    device, devices, source, notes = resolve_devices(target)
+    if devices is None:
+        device, devices, source, notes = resolve_devices(target)
+    else:
+        device = "cpu" if devices[0].catalog_name == "CPU" else "cuda"
+        source, notes = "measured by the engine", []
     req = replace(req, device=device)
     version, version_source = choose_version(target.engine_version, device)
     cal = calibration_for(version, device)

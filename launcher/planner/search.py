@@ -80,7 +80,8 @@ def _size_shape(opt: WeightOption, kv: str, tp: int, pp: int, length: int,
         tiers = CPU_BATCH_TIERS if req.device == "cpu" else BATCH_TIERS
         for tokens, seqs in tiers:
             c = evaluate(Candidate(opt, kv, tp, pp, dp, length, seqs, tokens), gpus, cal,
-                         req.headroom, req.min_concurrency, req.enforce_eager)
+                         req.headroom, req.min_concurrency, req.enforce_eager,
+                         req.reserve_bytes)
             if c.feasible:
                 if first is not None and tokens != tiers[0][0]:
                     c.notes.append(f"batch lowered to {tokens} tokens / {seqs} sequences: at "

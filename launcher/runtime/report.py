@@ -1,0 +1,75 @@
+"""The launch report: the plan, every attempt with its outcome, measured vs planned, verdict.
+
+Written atomically (temporary file + rename) after every attempt, so a reader never sees a
+half-written file and a crash still leaves the attempts so far.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+SCHEMA = "launcher-report/1"
+
+
+@dataclass
+class Attempt:
+    number: int
+    plan: dict
+    command: dict | None = None
+    log_file: str | None = None
+    engine_pid: int | None = None  # also the engine's process group id
+    engine_pids: list[int] = field(default_factory=list)  # the tree when measured
+    outcome: str = "pending"  # served | start_failed | verification_failed | stopped
+    failure: dict | None = None
+    phases: dict[str, float] = field(default_factory=dict)  # phase → seconds since start
+    ready_seconds: float | None = None
+    figures: dict | None = None
+    warmup: dict | None = None
+    warmup_seconds: float | None = None
+    verification: dict | None = None
+    verification_seconds: float | None = None
+    measured: list[dict] = field(default_factory=list)
+    next_step: str | None = None
+    started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(
+        timespec="seconds"))
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Report:
+    model: str
+    attempts: list[Attempt] = field(default_factory=list)
+    verdict: str = "pending"  # serving | failed_to_start | verification_failed | does_not_fit
+    exit_code: int | None = None
+    base_url: str | None = None
+    served_model_name: str | None = None
+
+    @property
+    def final(self) -> Attempt | None:
+        return self.attempts[-1] if self.attempts else None
+
+    def to_json(self) -> dict:
+        final = self.final
+        return {"schema": SCHEMA, "model": self.model, "verdict": self.verdict,
+                "exit_code": self.exit_code, "base_url": self.base_url,
+                "served_model_name": self.served_model_name,
+                "plan": final.plan if final else None,
+                "attempts": [a.to_json() for a in self.attempts]}
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.to_json(), f, indent=2, default=str)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

