@@ -81,16 +81,18 @@ def next_step(req: PlanRequest, plan: Plan, failure: Failure | None,
                         f"reserve {extra / GiB:.2f} GiB more per device and re-plan")
         return None
     if verification is not None and not verification.ok:
+        names = ", ".join(f.name for f in verification.failures)
+        if any(f.name in ("kv_cache_tokens", "num_blocks", "max_model_len")
+               for f in verification.failures):
+            # The engine did not take the plan's numbers (another version, a flag it
+            # ignored): more reserve would not make it, so say so instead of retrying.
+            return None
         over = verification.overshoot_bytes
         if over > 0:
             extra = max(MIN_RESERVE_STEP // 2, int(over * 1.1))
             return Step(replace(req, reserve_bytes=req.reserve_bytes + extra),
                         f"measured {over / GiB:.2f} GiB above the limit: reserve "
                         f"{extra / GiB:.2f} GiB more per device and re-plan")
-        names = ", ".join(f.name for f in verification.failures)
-        if any(n in ("kv_cache_tokens", "num_blocks", "max_model_len") for n in
-               (f.name for f in verification.failures)):
-            return None  # the engine disagrees with the plan's capacity: not a memory problem
         return Step(replace(req, reserve_bytes=req.reserve_bytes + MIN_RESERVE_STEP),
                     f"verification failed ({names}): re-plan with more reserve")
     return None
