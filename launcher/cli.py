@@ -196,20 +196,78 @@ def _size(name: str, value: str) -> int | None:
     return n
 
 
-def _plan_and_print(model: str, *, gpus, inventory_file, headroom, max_model_len, min_context,
-                    min_concurrency, quantization, kv_cache_dtype, tp, pp, objective,
-                    engine_version, enforce_eager, engine_python, host, port, device,
-                    json_out: bool) -> None:
-    from launcher.planner import PlanRequest
-    from launcher.planning import Target, build_plan
+PLAN_OPTIONS = ("gpus", "inventory_file", "headroom", "max_model_len", "min_context",
+                "min_concurrency", "quantization", "kv_cache_dtype", "tp", "pp", "objective",
+                "engine_version", "enforce_eager", "engine_python", "host", "port", "device",
+                "engine_args")
 
-    req = PlanRequest(headroom=headroom, max_model_len=max_model_len, min_context=min_context,
-                      min_concurrency=min_concurrency, quantization=quantization,
-                      kv_cache_dtype=kv_cache_dtype, tp=_size("--tp", tp), pp=_size("--pp", pp),
-                      objective=objective, enforce_eager=enforce_eager)  # type: ignore[arg-type]
-    target = Target(gpus=gpus, inventory_file=inventory_file, engine_version=engine_version,
-                    engine_python=engine_python, host=host, port=port, device=device)
+
+def _settle(ctx: typer.Context, model: str, names: tuple[str, ...]) -> dict:
+    """Each option's value and where it came from: CLI > env > the model profile > default."""
+    from launcher.models.profiles import find_profile
+    from launcher.settings import settle
+
+    sources = {}
+    for name in names:
+        src = ctx.get_parameter_source(name)
+        label = getattr(src, "name", str(src)).upper()
+        sources[name] = "cli" if label == "COMMANDLINE" else "env" if label == "ENVIRONMENT" \
+            else "default"
+    profile = find_profile(model) if model else None
+    defaults = {k: v for k, v in (profile.launcher_defaults if profile else {}).items()
+                if k in names}
+    return settle({n: ctx.params[n] for n in names}, sources, defaults,
+                  profile.key if profile else None)
+
+
+def _request(settings: dict):
+    import shlex
+
+    from launcher.planner import PlanRequest
+    from launcher.planning import Target
+
+    v = {k: s.value for k, s in settings.items()}
+    req = PlanRequest(headroom=v["headroom"], max_model_len=v["max_model_len"],
+                      min_context=v["min_context"], min_concurrency=v["min_concurrency"],
+                      quantization=v["quantization"], kv_cache_dtype=v["kv_cache_dtype"],
+                      tp=_size("--tp", str(v["tp"])), pp=_size("--pp", str(v["pp"])),
+                      objective=v["objective"], enforce_eager=v["enforce_eager"])
+    try:
+        extra = tuple(shlex.split(v["engine_args"] or ""))
+    except ValueError as e:
+        raise InputError(f"--engine-args / LAUNCHER_ENGINE_ARGS cannot be parsed: {e}",
+                         fix="Quote it as a shell would, e.g. --engine-args '--seed 1'.") from e
+    target = Target(gpus=v["gpus"], inventory_file=v["inventory_file"],
+                    engine_version=v["engine_version"], engine_python=v["engine_python"],
+                    host=v["host"], port=v["port"], device=v["device"], engine_args=extra)
+    return req, target
+
+
+def _settings_json(settings: dict) -> dict:
+    from launcher.settings import redact_obj, secrets_from_env
+
+    return redact_obj({k: s.to_json() for k, s in settings.items()}, secrets_from_env())
+
+
+def _print_settings(settings: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="Settings (CLI > environment > profile > default)", title_justify="left")
+    t.add_column("option")
+    t.add_column("value")
+    t.add_column("from")
+    for name, s in _settings_json(settings).items():
+        t.add_row(name, "–" if s["value"] is None else str(s["value"]), s["source"])
+    Console().print(t)
+
+
+def _plan_and_print(model: str, settings: dict, *, json_out: bool, explain: bool) -> None:
+    from launcher.planning import build_plan
+
+    req, target = _request(settings)
     p = build_plan(model, req, target)
+    p.settings = _settings_json(settings)
     out = p.to_json()
     if json_out:
         _print_json(out)
@@ -218,13 +276,25 @@ def _plan_and_print(model: str, *, gpus, inventory_file, headroom, max_model_len
 
         from launcher.render_plan import plan_view
 
+        if explain:
+            _print_settings(settings)
         Console().print(plan_view(out))
     raise typer.Exit(0 if p.feasible else 3)
 
 
+ModelArg = Annotated[str, typer.Argument(
+    envvar=_env("model"), help="Profile alias, local model directory or HF repo id "
+    "(LAUNCHER_MODEL).")]
+ExplainOpt = Annotated[bool, typer.Option(
+    "--explain", help="Also show where every option's value came from.")]
+EngineArgsOpt = Annotated[str | None, typer.Option(
+    envvar=_env("engine_args"), help="Extra vLLM flags, checked against the plan.")]
+
+
 @app.command()
 def plan(
-    model: Annotated[str, typer.Argument(help="Profile alias, local model directory or HF repo id.")],
+    ctx: typer.Context,
+    model: ModelArg,
     gpus: GpusOpt = None,
     inventory_file: InventoryOpt = None,
     headroom: HeadroomOpt = 0.2,
@@ -242,16 +312,13 @@ def plan(
     host: HostOpt = "127.0.0.1",
     port: PortOpt = 8000,
     device: DeviceOpt = "auto",
+    engine_args: EngineArgsOpt = None,
+    explain: ExplainOpt = False,
     json_out: JsonOpt = False,
 ):
     """The launch plan for MODEL on these GPUs, with every decision explained (starts nothing)."""
-    _plan_and_print(model, gpus=gpus, inventory_file=inventory_file, headroom=headroom,
-                    max_model_len=max_model_len, min_context=min_context,
-                    min_concurrency=min_concurrency, quantization=quantization,
-                    kv_cache_dtype=kv_cache_dtype, tp=tp, pp=pp, objective=objective,
-                    engine_version=engine_version, enforce_eager=enforce_eager,
-                    engine_python=engine_python, host=host, port=port, device=device,
-                    json_out=json_out)
+    _plan_and_print(model, _settle(ctx, model, PLAN_OPTIONS), json_out=json_out,
+                    explain=explain)
 
 
 @app.command("demo-model")
@@ -330,7 +397,8 @@ serve_app = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exce
 
 @serve_app.command()
 def serve(
-    model: Annotated[str, typer.Argument(help="Profile alias, local model directory or HF repo id.")],
+    ctx: typer.Context,
+    model: ModelArg,
     gpus: GpusOpt = None,
     inventory_file: InventoryOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan only; start nothing.")] = False,
@@ -349,44 +417,52 @@ def serve(
     host: HostOpt = "127.0.0.1",
     port: PortOpt = 8000,
     device: DeviceOpt = "auto",
+    engine_args: EngineArgsOpt = None,
     report: Annotated[str | None, typer.Option(
         envvar=_env("report"), help="Write the launch report (JSON) here.")] = None,
+    fit_report: Annotated[str | None, typer.Option(
+        envvar=_env("fit_report"),
+        help="Where every run writes fit-report.json (default: the launcher cache).")] = None,
     max_attempts: Annotated[int, typer.Option(
         envvar=_env("max_attempts"), help="Launches to try, stepping down after each failure.")] = 3,
     log_dir: Annotated[str | None, typer.Option(
         envvar=_env("log_dir"), help="Where engine logs go (default: the launcher cache).")] = None,
     ready_timeout: Annotated[float, typer.Option(
         envvar=_env("ready_timeout"), help="Seconds to wait for the engine's /health.")] = 1200.0,
+    control_host: Annotated[str, typer.Option(
+        envvar=_env("control_host"), help="Address of the control API.")] = "127.0.0.1",
+    control_port: Annotated[int, typer.Option(
+        envvar=_env("control_port"), help="Port of the control API (0: no control API).")] = 8001,
+    monitor_interval: Annotated[float, typer.Option(
+        envvar=_env("monitor_interval"), help="Seconds between live memory samples.")] = 5.0,
+    explain: ExplainOpt = False,
     json_out: JsonOpt = False,
 ):
     """Plan, launch, warm up, verify and serve MODEL (`--dry-run`: print the plan only)."""
+    settings = _settle(ctx, model, (*PLAN_OPTIONS, "report", "fit_report", "max_attempts",
+                                    "log_dir", "ready_timeout", "control_host", "control_port",
+                                    "monitor_interval"))
     if dry_run:
-        _plan_and_print(model, gpus=gpus, inventory_file=inventory_file, headroom=headroom,
-                        max_model_len=max_model_len, min_context=min_context,
-                        min_concurrency=min_concurrency, quantization=quantization,
-                        kv_cache_dtype=kv_cache_dtype, tp=tp, pp=pp, objective=objective,
-                        engine_version=engine_version, enforce_eager=enforce_eager,
-                        engine_python=engine_python, host=host, port=port, device=device,
-                        json_out=json_out)
+        _plan_and_print(model, settings, json_out=json_out, explain=explain)
     from pathlib import Path
 
     from rich.console import Console
 
-    from launcher.planner import PlanRequest
-    from launcher.planning import Target
     from launcher.runtime.serve import ServeOptions, run_serve
 
     if json_out:
         raise InputError("--json goes with --dry-run", fix="serve prints progress; its JSON "
                          "record is the --report file.")
-    req = PlanRequest(headroom=headroom, max_model_len=max_model_len, min_context=min_context,
-                      min_concurrency=min_concurrency, quantization=quantization,
-                      kv_cache_dtype=kv_cache_dtype, tp=_size("--tp", tp), pp=_size("--pp", pp),
-                      objective=objective, enforce_eager=enforce_eager)  # type: ignore[arg-type]
-    target = Target(gpus=gpus, inventory_file=inventory_file, engine_version=engine_version,
-                    engine_python=engine_python, host=host, port=port, device=device)
-    opts = ServeOptions(report=Path(report) if report else None, max_attempts=max_attempts,
-                        log_dir=Path(log_dir) if log_dir else None, ready_timeout=ready_timeout)
+    if explain:
+        _print_settings(settings)
+    req, target = _request(settings)
+    v = {k: s.value for k, s in settings.items()}
+    opts = ServeOptions(
+        report=Path(v["report"]) if v["report"] else None, max_attempts=v["max_attempts"],
+        log_dir=Path(v["log_dir"]) if v["log_dir"] else None, ready_timeout=v["ready_timeout"],
+        control_host=v["control_host"], control_port=v["control_port"],
+        fit_report=Path(v["fit_report"]) if v["fit_report"] else None,
+        monitor_interval=v["monitor_interval"], settings=_settings_json(settings))
     raise typer.Exit(run_serve(model, req, target, opts, Console(highlight=False)))
 
 

@@ -23,6 +23,7 @@ class Target:
     host: str = "127.0.0.1"
     port: int = 8000
     device: str = "auto"  # auto | cuda | cpu
+    engine_args: tuple[str, ...] = ()  # passthrough vLLM flags, checked against the plan
 
 
 def model_ref(spec) -> str | None:
@@ -116,6 +117,16 @@ def build_plan(model: str, req: PlanRequest, target: Target, devices=None) -> Pl
                   inventory_source=source)
     p.notes.extend(notes)
     if p.feasible:
-        p.engine = command(p, python=target.engine_python or sys.executable, host=target.host,
-                           port=target.port, served_model_name=served_name(model)).to_json()
+        from launcher.engines.vllm import merge_engine_args
+        from launcher.errors import InputError
+
+        cmd = command(p, python=target.engine_python or sys.executable, host=target.host,
+                      port=target.port, served_model_name=served_name(model))
+        try:
+            argv = merge_engine_args(cmd.argv, list(target.engine_args))
+        except ValueError as e:
+            raise InputError(f"LAUNCHER_ENGINE_ARGS / --engine-args: {e}",
+                             fix="Set planned values with the launcher's own options (they "
+                                 "are budgeted); pass only flags the plan does not decide.") from e
+        p.engine = replace(cmd, argv=argv).to_json()
     return p

@@ -177,7 +177,10 @@ def test_cli_dry_run_and_plan_are_the_same_and_carry_the_schema() -> None:
     b = run_cli("qwen2.5-7b", "--dry-run", "--gpus", "1xL4", "--json", prog="serve")
     assert a.returncode == b.returncode == 0, a.stderr + b.stderr
     ja, jb = json.loads(a.stdout), json.loads(b.stdout)
+    sa, sb = ja.pop("settings"), jb.pop("settings")
     assert ja == jb
+    assert sa.items() <= sb.items()  # serve has launch options on top
+    assert sa["gpus"] == {"value": "1xL4", "source": "cli"}
     assert ja["decision"].keys() >= DECISION_KEYS
     for g in ja["gpus"]:
         assert {"index", "name", "total_bytes", "limit_bytes", "planned"} <= g.keys()

@@ -83,3 +83,63 @@ def visible_devices(plan: Plan) -> str:
     if gpus and all(g.uuid for g in gpus):
         return ",".join(str(g.uuid) for g in gpus)
     return ",".join(str(g.index) for g in gpus)
+
+
+# Flags whose value the plan decides; a passthrough may repeat them but not change them.
+PLANNED = ("--model", "--host", "--port", "--served-model-name", "--dtype", "--quantization",
+           "--kv-cache-dtype", "--tensor-parallel-size", "--pipeline-parallel-size",
+           "--data-parallel-size", "--max-model-len", "--max-num-seqs",
+           "--max-num-batched-tokens", "--kv-cache-memory-bytes", "--gpu-memory-utilization")
+BOOLEAN_PLANNED = ("--enforce-eager",)
+SHORT = {"-tp": "--tensor-parallel-size", "-pp": "--pipeline-parallel-size",
+         "-dp": "--data-parallel-size", "-q": "--quantization"}
+# Flags that move memory the plan does not model: refused rather than silently breaking it.
+UNMODELLED = ("--block-size", "--num-gpu-blocks-override", "--cpu-offload-gb", "--swap-space",
+              "--kv-offloading-size", "--speculative-config", "--max-cudagraph-capture-size")
+
+
+def _pairs(args: list[str]) -> list[tuple[str, str | None]]:
+    out: list[tuple[str, str | None]] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if not a.startswith("-"):
+            raise ValueError(f"{a!r} is not a flag (values follow their flag)")
+        if "=" in a:
+            flag, value = a.split("=", 1)
+            out.append((flag, value))
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            out.append((a, args[i + 1]))
+            i += 1
+        else:
+            out.append((a, None))
+        i += 1
+    return out
+
+
+def merge_engine_args(argv: list[str], extra: list[str]) -> list[str]:
+    """`argv` plus the passthrough flags, refusing any that contradict the plan.
+
+    Raises ValueError with the reason; the caller turns it into a user-facing error."""
+    result = list(argv)
+    for flag, value in _pairs(list(extra)):
+        name = SHORT.get(flag, flag).replace("_", "-")
+        if name in PLANNED:
+            planned = argv[argv.index(name) + 1] if name in argv else None
+            if value is None or planned is None or value != planned:
+                raise ValueError(f"{flag} {value or ''}".strip() + " contradicts the plan ("
+                                 + (f"{name} {planned}" if planned else f"{name} not set")
+                                 + ")")
+            continue  # the same value: nothing to add
+        if name in BOOLEAN_PLANNED or name == "--no-enforce-eager":
+            planned_on = "--enforce-eager" in argv
+            wants_on = name == "--enforce-eager"
+            if planned_on != wants_on:
+                raise ValueError(f"{flag} contradicts the plan (enforce_eager {planned_on})")
+            continue
+        if name in UNMODELLED:
+            raise ValueError(f"{flag} changes memory the plan does not model")
+        result.append(flag)
+        if value is not None:
+            result.append(value)
+    return result

@@ -40,6 +40,8 @@ class Profile:
     variants: tuple[Variant, ...] = field(default=())
     implicit_defaults: dict[str, Any] = field(default_factory=dict)
     local_dir: str | None = None  # profiles that point at a model directory (e.g. the demo)
+    # Serving defaults for this model (launcher option → value): below CLI and environment.
+    launcher_defaults: dict[str, Any] = field(default_factory=dict)
 
 
 def _load(path: Path) -> Profile:
@@ -61,7 +63,8 @@ def _load(path: Path) -> Profile:
                    params=raw.get("params"), params_source=raw.get("params_source"),
                    config_source=raw.get("config_source"), path=path, variants=variants,
                    implicit_defaults=dict(raw.get("implicit_defaults") or {}),
-                   local_dir=raw.get("local_dir"))
+                   local_dir=raw.get("local_dir"),
+                   launcher_defaults=dict(raw.get("launcher_defaults") or {}))
 
 
 @functools.cache

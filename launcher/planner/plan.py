@@ -41,6 +41,7 @@ class Plan:
     reason: str = ""  # why nothing fits, when infeasible
     engine: dict = field(default_factory=dict)  # argv / env, filled by the engine adapter
     inventory_source: str = ""
+    settings: dict = field(default_factory=dict)  # option → {value, source} (launcher.settings)
 
     @property
     def budgets(self) -> list[GpuBudget]:
@@ -94,6 +95,7 @@ class Plan:
             "engine_version_source": self.engine_version_source,
             "inventory_source": self.inventory_source,
             "request": self.request,
+            "settings": self.settings or None,
             "device": self.request.get("device", "cuda"),
             "headroom": self.headroom,
             "decision": self.decision(),

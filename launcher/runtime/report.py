@@ -50,6 +50,9 @@ class Report:
     exit_code: int | None = None
     base_url: str | None = None
     served_model_name: str | None = None
+    stopped_by: str | None = None
+    error: dict | None = None  # a LauncherError that ended the run before or between attempts
+    secrets: list[str] = field(default_factory=list)  # replaced in everything written
 
     @property
     def final(self) -> Attempt | None:
@@ -57,11 +60,14 @@ class Report:
 
     def to_json(self) -> dict:
         final = self.final
-        return {"schema": SCHEMA, "model": self.model, "verdict": self.verdict,
-                "exit_code": self.exit_code, "base_url": self.base_url,
-                "served_model_name": self.served_model_name,
-                "plan": final.plan if final else None,
-                "attempts": [a.to_json() for a in self.attempts]}
+        from launcher.settings import redact_obj
+
+        return redact_obj({
+            "schema": SCHEMA, "model": self.model, "verdict": self.verdict,
+            "exit_code": self.exit_code, "error": self.error, "stopped_by": self.stopped_by,
+            "base_url": self.base_url, "served_model_name": self.served_model_name,
+            "plan": final.plan if final else None,
+            "attempts": [a.to_json() for a in self.attempts]}, self.secrets)
 
     def write(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

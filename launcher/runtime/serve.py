@@ -8,6 +8,7 @@ no engine process outlives the launcher.
 from __future__ import annotations
 
 import errno
+import os
 import signal
 import socket
 import time
@@ -18,12 +19,14 @@ from pathlib import Path
 import httpx
 from rich.console import Console
 
+from launcher.api.state import ControlState
 from launcher.engines.vllm import EngineCommand
 from launcher.engines.vllm_log import Phase, classify_failure, important_lines
 from launcher.errors import EngineStartError, InputError, LauncherError, VerificationError
 from launcher.planner import PlanRequest
 from launcher.planning import Target, build_plan
 from launcher.runtime.backoff import next_step
+from launcher.runtime.monitor import HeadroomMonitor, sampler
 from launcher.runtime.report import Attempt, Report
 from launcher.runtime.supervisor import EngineProcess
 from launcher.runtime.verify import verify
@@ -35,6 +38,7 @@ from launcher.runtime.warmup import (
     wait_healthy,
     warm_up,
 )
+from launcher.settings import secret_flag_values, secrets_from_env
 from launcher.units import GiB
 
 
@@ -45,6 +49,20 @@ class ServeOptions:
     log_dir: Path | None = None
     ready_timeout: float = 1200.0
     grace: float = 20.0
+    control_host: str = "127.0.0.1"
+    control_port: int = 8001  # 0: no control API
+    fit_report: Path | None = None
+    monitor_interval: float = 5.0
+    settings: dict | None = None  # option → {value, source}, already redacted
+
+
+def fit_report_path(opts: ServeOptions) -> Path:
+    """Every run writes its fit report here (documented in docker/PLATFORM.md)."""
+    if opts.fit_report:
+        return opts.fit_report
+    from launcher.models.demo import cache_dir
+
+    return cache_dir() / "fit-report.json"
 
 
 class Stopped(Exception):
@@ -112,6 +130,57 @@ def _log_dir(opts: ServeOptions) -> Path:
 
 def run_serve(model: str, req: PlanRequest, target: Target, opts: ServeOptions,
               console: Console) -> int:
+    """Serve until stopped; returns the exit status, or raises a LauncherError (its exit code).
+    Whatever happens, the fit report is written."""
+    report = Report(model=model)
+    paths = [fit_report_path(opts)]
+    state = ControlState(secrets=secrets_from_env() + secret_flag_values(target.engine_args),
+                         inventory=_live_inventory(target))
+    writer = _Writer(report, paths, state)
+    try:
+        return _run(model, req, target, opts, console, report, writer, state)
+    except LauncherError as e:
+        report.verdict = report.verdict if report.verdict not in ("pending", "serving") \
+            else "error"
+        report.exit_code = e.exit_code
+        report.error = {"message": e.message, "fix": e.fix, "exit_code": e.exit_code}
+        state.set_phase("failed", e.message)
+        writer.write()
+        raise
+
+
+class _Writer:
+    """Writes the report (redacted) to every path and hands it to the control API."""
+
+    def __init__(self, report: Report, paths: list[Path], state: ControlState) -> None:
+        self.report, self.paths, self.state = report, paths, state
+
+    def add(self, path: Path) -> None:
+        if path not in self.paths:
+            self.paths.append(path)
+
+    def write(self) -> None:
+        self.report.secrets = self.state.secrets
+        for p in self.paths:
+            self.report.write(p)
+        self.state.set_report(self.report.to_json())
+
+
+def _live_inventory(target: Target):
+    def read() -> dict:
+        from launcher.planning import resolve_devices
+
+        device, devices, source, notes = resolve_devices(
+            Target(device=target.device, inventory_file=None))
+        return {"device": device, "source": source, "notes": notes,
+                "devices": [{"index": g.index, "name": g.name, "uuid": g.uuid,
+                             "total_bytes": g.total_bytes, "used_bytes": g.used_bytes,
+                             "free_bytes": g.free_bytes} for g in devices]}
+    return read
+
+
+def _run(model: str, req: PlanRequest, target: Target, opts: ServeOptions, console: Console,
+         report: Report, writer: _Writer, state: ControlState) -> int:
     if opts.max_attempts < 1:
         raise InputError(f"--max-attempts {opts.max_attempts} is below 1",
                          fix="Allow at least one attempt, e.g. --max-attempts 3.")
@@ -119,9 +188,23 @@ def run_serve(model: str, req: PlanRequest, target: Target, opts: ServeOptions,
         raise InputError("--gpus describes simulated GPUs; serve launches on real ones",
                          fix="Use --dry-run to plan for simulated GPUs, or drop --gpus.")
     check_port(target.host, target.port)
+    control = None
+    if opts.control_port:
+        if opts.control_port == target.port:
+            raise InputError(f"--control-port {opts.control_port} is the engine's --port",
+                             fix="Give the control API its own port, e.g. --control-port 8001.")
+        check_port(opts.control_host, opts.control_port)
+        from launcher.api.app import ControlServer, create_app
+
+        control = ControlServer(create_app(state, os.environ.get("LAUNCHER_API_TOKEN") or None),
+                                opts.control_host, opts.control_port)
+        control.start()
+        console.print(f"control API: http://{opts.control_host}:{opts.control_port}/ "
+                      "(/livez /readyz /plan /report /gpus /metrics)", highlight=False)
     log_dir = _log_dir(opts)
-    report_path = opts.report or log_dir / "report.json"
-    report = Report(model=model)
+    if opts.report:
+        writer.add(opts.report)
+    writer.add(log_dir / "report.json")
     old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
 
     def handler(signum, _frame):
@@ -130,18 +213,19 @@ def run_serve(model: str, req: PlanRequest, target: Target, opts: ServeOptions,
     for s in old:
         signal.signal(s, handler)
     try:
-        return _attempts(model, req, target, opts, console, log_dir, report, report_path,
+        return _attempts(model, req, target, opts, console, log_dir, report, writer, state,
                          _set)
     except Stopped as s:
         console.print(f"{s}: stopping the engine", highlight=False)
         for sig in old:
             signal.signal(sig, signal.SIG_IGN)
+        state.set_phase("stopped", f"{s} received")
         _stop_current(opts.grace)
         if report.final and report.final.outcome == "pending":
             report.final.outcome = "stopped"
-        report.verdict = report.verdict if report.verdict == "serving" else "stopped"
+        report.stopped_by = str(s)
         report.exit_code = 128 + s.signum
-        report.write(report_path)
+        writer.write()
         return 128 + s.signum
     finally:
         for sig in old:
@@ -149,6 +233,8 @@ def run_serve(model: str, req: PlanRequest, target: Target, opts: ServeOptions,
         _stop_current(opts.grace)
         for sig, h in old.items():
             signal.signal(sig, h)
+        if control is not None:
+            control.stop()
 
 
 _CURRENT: list[EngineProcess] = []
@@ -167,8 +253,8 @@ def _stop_current(grace: float) -> None:
 
 
 def _attempts(model: str, req: PlanRequest, target: Target, opts: ServeOptions,
-              console: Console, log_dir: Path, report: Report, report_path: Path,
-              track) -> int:
+              console: Console, log_dir: Path, report: Report, writer: _Writer,
+              state: ControlState, track) -> int:
     from launcher.render_plan import plan_view
 
     devices = None
@@ -177,12 +263,16 @@ def _attempts(model: str, req: PlanRequest, target: Target, opts: ServeOptions,
                f":{target.port}"
     report.base_url = base_url
     for n in range(1, opts.max_attempts + 1):
+        state.set_phase("planning", f"attempt {n}: planning")
         plan = build_plan(model, req, target, devices=devices)
+        if opts.settings:
+            plan.settings = opts.settings
+        state.set_plan(plan.to_json(), opts.settings)
         if not plan.feasible:
             console.print(plan_view(plan.to_json()))
             if n == 1:
                 report.verdict, report.exit_code = "does_not_fit", 3
-                report.write(report_path)
+                writer.write()
                 return 3
             break  # stepped down as far as the ladder goes
         cmd = EngineCommand(**{k: (tuple(v) if k == "unset" else v)
@@ -202,11 +292,17 @@ def _attempts(model: str, req: PlanRequest, target: Target, opts: ServeOptions,
                           f" GiB, enforce_eager {d.get('enforce_eager')}", highlight=False)
         console.print(f"engine log: {log_path}", highlight=False)
         progress = _Progress(console)
-        engine = EngineProcess(cmd, log_path, on_phase=progress.phase)
+
+        def on_phase(phase: Phase, t: float, _p=progress) -> None:
+            _p.phase(phase, t)
+            state.set_phase("loading", f"engine: {phase.value} ({t:.0f} s)")
+
+        engine = EngineProcess(cmd, log_path, on_phase=on_phase, secrets=state.secrets)
         track(engine)
         engine.start()
+        state.set_phase("starting", f"attempt {n}: engine starting")
         attempt.engine_pid = engine.pid
-        report.write(report_path)
+        writer.write()
         progress.begin(n, engine.pid)
         failure = verification = None
         try:
@@ -215,6 +311,7 @@ def _attempts(model: str, req: PlanRequest, target: Target, opts: ServeOptions,
             progress.end()
             console.print(f"engine ready in {attempt.ready_seconds:.1f} s; warming up",
                           highlight=False)
+            state.set_phase("warming_up", "engine up; warm-up requests running")
             t = time.monotonic()
             models = served_models(base_url)
             served = models[0] if models else {}
@@ -229,6 +326,7 @@ def _attempts(model: str, req: PlanRequest, target: Target, opts: ServeOptions,
             if not wu.ok:
                 raise EngineGone("warm-up requests failed: " + "; ".join(wu.errors[:3]))
             t = time.monotonic()
+            state.set_phase("verifying", "measuring memory against the plan")
             attempt.engine_pids = engine.pids()
             readings = _measure(plan, engine)
             info = cache_config_info(metrics_text(base_url))
@@ -263,14 +361,23 @@ def _attempts(model: str, req: PlanRequest, target: Target, opts: ServeOptions,
         if failure is None and verification is not None and verification.ok:
             attempt.outcome = "served"
             report.verdict, report.exit_code = "serving", None
-            report.write(report_path)
-            _summary(console, attempt, report_path, base_url, report.served_model_name)
-            while engine.alive():
-                time.sleep(0.5)
+            writer.write()
+            state.set_phase("serving", "engine up and verified", ready=True)
+            _summary(console, attempt, writer.paths, base_url, report.served_model_name)
+            monitor = HeadroomMonitor(state, sampler(plan, engine, plan.request["device"]),
+                                      lambda m: console.print(f"[yellow]warning:[/] {m}"),
+                                      opts.monitor_interval)
+            monitor.start()
+            try:
+                while engine.alive():
+                    time.sleep(0.5)
+            finally:
+                monitor.stop()
             lines = important_lines(list(engine.lines))
             attempt.outcome = "engine_exited"
             report.verdict, report.exit_code = "engine_exited", 4
-            report.write(report_path)
+            state.set_phase("engine_exited", f"the engine exited (status {engine.poll()})")
+            writer.write()
             raise EngineStartError(f"the engine exited while serving (status {engine.poll()})",
                                    fix=f"See its log: {log_path}", hint="\n".join(lines[-8:]))
         if failure is None and verification is not None:
@@ -279,17 +386,18 @@ def _attempts(model: str, req: PlanRequest, target: Target, opts: ServeOptions,
             names = ", ".join(c.name for c in verification.failures)
             last_error = VerificationError(
                 f"attempt {n}: verification failed: {names}",
-                fix=f"The report lists planned vs measured: {report_path}")
+                fix=f"The report lists planned vs measured: {writer.paths[-1]}")
             console.print(f"[red]attempt {n}: verification failed[/]: {names}",
                           highlight=False)
         step = next_step(req, plan, failure, verification)
         if step is None or n == opts.max_attempts:
             attempt.next_step = None if step is None else f"not taken (--max-attempts " \
                                                           f"{opts.max_attempts}): {step.reason}"
-            report.write(report_path)
+            writer.write()
             break
         attempt.next_step = step.reason
-        report.write(report_path)
+        writer.write()
+        state.set_phase("stepping_down", step.reason)
         console.print(f"stepping down: {step.reason}", highlight=False)
         req = step.request
         if step.device_memory is not None:
@@ -298,10 +406,11 @@ def _attempts(model: str, req: PlanRequest, target: Target, opts: ServeOptions,
     code = last_error.exit_code if last_error else 4
     report.verdict = "verification_failed" if code == 5 else "failed_to_start"
     report.exit_code = code
-    report.write(report_path)
+    state.set_phase("failed", report.verdict.replace("_", " "))
+    writer.write()
     if last_error is None:
         last_error = EngineStartError("no smaller plan is left to try",
-                                      fix=f"See the report: {report_path}")
+                                      fix=f"See the report: {writer.paths[-1]}")
     raise last_error
 
 
@@ -328,7 +437,7 @@ def _measure(plan, engine: EngineProcess):
     return measure_gpu(plan.chosen.gpus, pids)
 
 
-def _summary(console: Console, a: Attempt, report_path: Path, base_url: str,
+def _summary(console: Console, a: Attempt, report_paths: list[Path], base_url: str,
              name: str | None) -> None:
     v = a.verification or {}
     console.print(f"[bold green]serving[/] {name} at {base_url}/v1 — ready in "
@@ -345,7 +454,7 @@ def _summary(console: Console, a: Attempt, report_path: Path, base_url: str,
         if not c["hard"]:
             mark = "ok" if c["ok"] else "off"
             console.print(f"  {c['name']}: {mark} — {c['detail']}", highlight=False)
-    console.print(f"report: {report_path}", highlight=False)
+    console.print("report: " + ", ".join(map(str, report_paths)), highlight=False)
     console.print(f"try: curl {base_url}/v1/chat/completions -H 'Content-Type: application/json' "
                   f"-d '{{\"model\": \"{name}\", \"messages\": [{{\"role\": \"user\", "
                   f"\"content\": \"Hello\"}}]}}'", highlight=False, soft_wrap=True)

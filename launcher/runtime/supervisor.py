@@ -23,12 +23,14 @@ import psutil
 
 from launcher.engines.vllm import EngineCommand
 from launcher.engines.vllm_log import LogParser, Phase
+from launcher.settings import redact
 
 
 class EngineProcess:
     def __init__(self, command: EngineCommand, log_path: Path,
                  on_phase: Callable[[Phase, float], None] | None = None,
-                 keep_lines: int = 400) -> None:
+                 keep_lines: int = 400, secrets: list[str] | None = None) -> None:
+        self.secrets = list(secrets or [])
         self.command = command
         self.log_path = log_path
         self.parser = LogParser()
@@ -54,9 +56,10 @@ class EngineProcess:
     def _read(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
         with self.log_path.open("a", encoding="utf-8") as log:
-            log.write(f"# launcher: {self.command.shell()}\n")
+            log.write(redact(f"# launcher: {self.command.shell()}\n", self.secrets))
             for raw in self.proc.stdout:
-                line = raw.rstrip("\n")
+                line = redact(raw.rstrip("\n"), self.secrets) if self.secrets else \
+                    raw.rstrip("\n")
                 log.write(line + "\n")
                 log.flush()
                 self.lines.append(line)

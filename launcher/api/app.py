@@ -1,0 +1,103 @@
+"""The control API: liveness, readiness, plan, report, GPUs, metrics and a status page.
+
+It runs inside `serve` on its own thread (uvicorn), separate from the engine, so it answers
+while the engine is busy or down. With a token (`LAUNCHER_API_TOKEN`), everything except the
+probes needs `Authorization: Bearer <token>`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import threading
+import time
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from launcher.api.metrics import render
+from launcher.api.page import render_page
+from launcher.api.state import ControlState
+from launcher.settings import redact_obj
+
+
+def create_app(state: ControlState, token: str | None = None) -> FastAPI:
+    app = FastAPI(title="launcher control API", docs_url=None, redoc_url=None,
+                  openapi_url=None)
+
+    def auth(request: Request) -> None:
+        if not token:
+            return
+        got = request.headers.get("authorization", "")
+        if not (got.startswith("Bearer ") and hmac.compare_digest(got[7:].encode(),
+                                                                   token.encode())):
+            raise HTTPException(401, "missing or wrong bearer token",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    protected = [Depends(auth)]
+
+    @app.get("/livez")
+    def livez() -> dict:
+        return {"status": "alive"}
+
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        s = state.snapshot()
+        below = [i for i, d in s["live"].items() if d["below_target"]]
+        body = {"ready": s["ready"], "phase": s["phase"], "reason": s["reason"],
+                "headroom_below_target": below}
+        return JSONResponse(body, status_code=200 if s["ready"] else 503)
+
+    @app.get("/plan", dependencies=protected)
+    def plan() -> JSONResponse:
+        s = state.snapshot()
+        if s["plan"] is None:
+            raise HTTPException(404, "no plan yet")
+        return JSONResponse({**s["plan"], "settings": s["settings"]})
+
+    @app.get("/report", dependencies=protected)
+    def report() -> JSONResponse:
+        s = state.snapshot()
+        if s["report"] is None:
+            raise HTTPException(404, "no attempt yet")
+        return JSONResponse({**s["report"], "live": s["live"], "phase": s["phase"]})
+
+    @app.get("/gpus", dependencies=protected)
+    def gpus() -> JSONResponse:
+        if state.inventory is None:
+            raise HTTPException(404, "no live inventory")
+        return JSONResponse(redact_obj(state.inventory(), state.secrets))
+
+    @app.get("/metrics", dependencies=protected)
+    def metrics() -> Response:
+        return Response(render(state), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/", dependencies=protected, response_class=HTMLResponse)
+    def page() -> HTMLResponse:
+        return HTMLResponse(render_page(state.snapshot()))
+
+    return app
+
+
+class ControlServer:
+    """uvicorn on a daemon thread; `stop()` asks it to exit."""
+
+    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+        import uvicorn
+
+        self.config = uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                     access_log=False, lifespan="off")
+        self.server = uvicorn.Server(self.config)
+        self.thread = threading.Thread(target=self.server.run, name="control-api", daemon=True)
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started and self.thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not self.server.started:
+            raise RuntimeError(f"the control API did not start on {self.config.host}:"
+                               f"{self.config.port}")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(5)

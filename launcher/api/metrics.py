@@ -1,0 +1,94 @@
+"""Prometheus metrics, built from the control state at each scrape (no second bookkeeping).
+
+Planned bytes per device and component come from the plan; verified bytes from the report's
+verification (so they equal the report); live bytes and headroom from the monitor's last sample.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+PHASES = ("planning", "starting", "loading", "warming_up", "verifying", "serving", "stepping_down",
+          "failed", "stopped", "engine_exited")
+
+
+class StateCollector(Collector):
+    def __init__(self, state) -> None:
+        self.state = state
+
+    def collect(self):
+        s = self.state.snapshot()
+        plan = s["plan"] or {}
+        report = s["report"] or {}
+        planned = GaugeMetricFamily("launcher_planned_bytes", "Planned bytes per device and "
+                                    "component", labels=["device", "component"])
+        total = GaugeMetricFamily("launcher_device_total_bytes", "Device memory (CUDA-visible "
+                                  "or NUMA node)", labels=["device"])
+        limit = GaugeMetricFamily("launcher_device_limit_bytes", "(1 - headroom) x total",
+                                  labels=["device"])
+        for g in plan.get("gpus") or []:
+            dev = str(g["index"])
+            total.add_metric([dev], g["total_bytes"])
+            limit.add_metric([dev], g["limit_bytes"])
+            for comp, n in g["planned"].items():
+                planned.add_metric([dev, comp], n)
+        yield planned
+        yield total
+        yield limit
+        verified = GaugeMetricFamily("launcher_verified_bytes", "Measured at verification "
+                                     "(as in the report)", labels=["device", "what"])
+        attempts = report.get("attempts") or []
+        last = attempts[-1] if attempts else {}
+        for d in (last.get("verification") or {}).get("devices", []):
+            dev = str(d["index"])
+            verified.add_metric([dev, "used"], d["used_bytes"])
+            if d.get("engine_measured_bytes") is not None:
+                verified.add_metric([dev, "engine"], d["engine_measured_bytes"])
+        yield verified
+        live_used = GaugeMetricFamily("launcher_live_used_bytes", "Device memory in use, last "
+                                      "sample", labels=["device"])
+        live_engine = GaugeMetricFamily("launcher_live_engine_bytes", "This engine's memory, "
+                                        "last sample", labels=["device"])
+        headroom = GaugeMetricFamily("launcher_headroom_bytes", "Free memory left on the device, "
+                                     "last sample", labels=["device"])
+        headroom_f = GaugeMetricFamily("launcher_headroom_fraction", "Free fraction of the "
+                                       "device, last sample", labels=["device"])
+        below = GaugeMetricFamily("launcher_headroom_below_target", "1 when free memory is below "
+                                  "the headroom target now", labels=["device"])
+        for i, d in s["live"].items():
+            dev = str(i)
+            live_used.add_metric([dev], d["used_bytes"])
+            if d["engine_bytes"] is not None:
+                live_engine.add_metric([dev], d["engine_bytes"])
+            headroom.add_metric([dev], d["headroom_bytes"])
+            headroom_f.add_metric([dev], d["headroom_fraction"])
+            below.add_metric([dev], 1 if d["below_target"] else 0)
+        yield from (live_used, live_engine, headroom, headroom_f, below)
+        viol = CounterMetricFamily("launcher_headroom_violations", "Samples with free memory "
+                                   "below the headroom target", labels=["device"])
+        counts = {str(g["index"]): 0 for g in plan.get("gpus") or []}
+        counts.update({str(i): n for i, n in s["violations"].items()})
+        for dev, n in counts.items():
+            viol.add_metric([dev], n)
+        yield viol
+        state = GaugeMetricFamily("launcher_engine_state", "1 for the current phase",
+                                  labels=["phase"])
+        for ph in PHASES:
+            state.add_metric([ph], 1 if s["phase"] == ph else 0)
+        yield state
+        yield GaugeMetricFamily("launcher_ready", "1 when the engine is up and verified",
+                                value=1 if s["ready"] else 0)
+        yield CounterMetricFamily("launcher_attempts", "Engine launches so far",
+                                  value=s["attempts"])
+        yield CounterMetricFamily("launcher_restarts", "Relaunches after a failed attempt",
+                                  value=max(0, s["attempts"] - 1))
+        yield GaugeMetricFamily("launcher_monitor_samples", "Live memory samples taken",
+                                value=s["samples"])
+
+
+def render(state) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StateCollector(state))
+    return generate_latest(registry)

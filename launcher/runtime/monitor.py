@@ -1,0 +1,112 @@
+"""Headroom watched live while serving, not only at verification.
+
+Every few seconds: NVML per GPU (or the CPU node's memory and the engine's PSS), compared with
+the limit. When a device's free memory falls below the target, the launcher says so once —
+naming who holds the memory, this engine or which other process — and the control API's
+`/readyz` and `/metrics` show it until it recovers.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import psutil
+
+from launcher.api.state import ControlState, LiveDevice
+from launcher.units import GiB
+
+
+def cpu_holders(engine_pids: set[int], top: int = 3) -> list[dict]:
+    """The largest resident processes on the host, this engine's summed as one."""
+    engine = 0
+    others: list[dict] = []
+    for p in psutil.process_iter(["pid", "name", "memory_info"]):
+        try:
+            rss = p.info["memory_info"].rss
+        except (psutil.Error, AttributeError):
+            continue
+        if p.pid in engine_pids:
+            engine += rss
+        else:
+            others.append({"who": f"pid {p.pid} ({p.info['name']})", "bytes": rss,
+                           "engine": False})
+    out = [{"who": "this engine", "bytes": engine, "engine": True}, *others]
+    return sorted(out, key=lambda h: -h["bytes"])[:top]
+
+
+def gpu_holders(processes, engine_pids: set[int], top: int = 3) -> list[dict]:
+    out = []
+    for p in processes:
+        ours = p.pid in engine_pids
+        out.append({"who": "this engine" if ours else f"pid {p.pid} ({p.name or '?'})",
+                    "bytes": p.used_bytes, "engine": ours})
+    return sorted(out, key=lambda h: -(h["bytes"] or 0))[:top]
+
+
+class HeadroomMonitor:
+    def __init__(self, state: ControlState, sample: Callable[[], list[LiveDevice]],
+                 warn: Callable[[str], None], interval: float = 5.0) -> None:
+        self.state = state
+        self.sample = sample
+        self.warn = warn
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="headroom-monitor", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(self.interval + 5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                devices = self.sample()
+            except Exception as e:  # a failed reading must not end monitoring
+                self.warn(f"headroom monitor: reading failed: {type(e).__name__}: {e}")
+                devices = []
+            for d in self.state.record_live(devices):
+                who = ", ".join(f"{h['who']} {h['bytes'] / GiB:.2f} GiB" if h["bytes"] is not None
+                                else h["who"] for h in d.holders) or "unknown"
+                self.warn(f"device {d.index}: {d.headroom_bytes / GiB:.2f} GiB free of "
+                          f"{d.total_bytes / GiB:.2f} GiB, below the headroom target "
+                          f"(limit {d.limit_bytes / GiB:.2f} GiB used); held by {who}")
+            self._stop.wait(self.interval)
+
+
+def sampler(plan, engine, device: str) -> Callable[[], list[LiveDevice]]:
+    """A function that reads every planned device now."""
+    limits = {b.index: b.limit_bytes for b in plan.budgets}
+
+    def cpu() -> list[LiveDevice]:
+        from launcher.runtime.measure import measure_cpu
+
+        pids = engine.pids()
+        readings = measure_cpu(pids)
+        now = time.time()
+        holders = cpu_holders(set(pids))
+        return [LiveDevice(r.index, r.total_bytes, limits.get(r.index, r.total_bytes),
+                           r.used_bytes, r.engine_bytes, now, holders) for r in readings]
+
+    def gpu() -> list[LiveDevice]:
+        from launcher.hardware.nvml import read_raw
+        from launcher.runtime.measure import readings_from_raw
+
+        pids = set(engine.pids())
+        raw = read_raw()
+        now = time.time()
+        by_uuid = {d.uuid: d for d in raw.devices}
+        out = []
+        for r, g in zip(readings_from_raw(raw, plan.chosen.gpus, pids), plan.chosen.gpus,
+                        strict=False):
+            d = by_uuid.get(g.uuid) or raw.devices[g.index]
+            out.append(LiveDevice(r.index, r.total_bytes, limits.get(r.index, r.total_bytes),
+                                  r.used_bytes, r.engine_bytes, now,
+                                  gpu_holders(d.processes, pids)))
+        return out
+
+    return cpu if device == "cpu" else gpu
