@@ -51,6 +51,7 @@ class Report:
     base_url: str | None = None
     served_model_name: str | None = None
     stopped_by: str | None = None
+    plan: dict | None = None  # the latest plan, also when it was never launched (does not fit)
     error: dict | None = None  # a LauncherError that ended the run before or between attempts
     secrets: list[str] = field(default_factory=list)  # replaced in everything written
 
@@ -66,7 +67,7 @@ class Report:
             "schema": SCHEMA, "model": self.model, "verdict": self.verdict,
             "exit_code": self.exit_code, "error": self.error, "stopped_by": self.stopped_by,
             "base_url": self.base_url, "served_model_name": self.served_model_name,
-            "plan": final.plan if final else None,
+            "plan": self.plan if self.plan is not None else (final.plan if final else None),
             "attempts": [a.to_json() for a in self.attempts]}, self.secrets)
 
     def write(self, path: Path) -> None:

@@ -41,6 +41,9 @@ from launcher.runtime.warmup import (
 from launcher.settings import secret_flag_values, secrets_from_env
 from launcher.units import GiB
 
+# Niceness of a CPU engine (whose compute saturates every core) relative to the launcher.
+CPU_ENGINE_NICE = 5
+
 
 @dataclass(frozen=True)
 class ServeOptions:
@@ -268,6 +271,7 @@ def _attempts(model: str, req: PlanRequest, target: Target, opts: ServeOptions,
         if opts.settings:
             plan.settings = opts.settings
         state.set_plan(plan.to_json(), opts.settings)
+        report.plan = plan.to_json()
         if not plan.feasible:
             console.print(plan_view(plan.to_json()))
             if n == 1:
@@ -297,7 +301,8 @@ def _attempts(model: str, req: PlanRequest, target: Target, opts: ServeOptions,
             _p.phase(phase, t)
             state.set_phase("loading", f"engine: {phase.value} ({t:.0f} s)")
 
-        engine = EngineProcess(cmd, log_path, on_phase=on_phase, secrets=state.secrets)
+        engine = EngineProcess(cmd, log_path, on_phase=on_phase, secrets=state.secrets,
+                               nice=CPU_ENGINE_NICE if plan.request["device"] == "cpu" else 0)
         track(engine)
         engine.start()
         state.set_phase("starting", f"attempt {n}: engine starting")
@@ -313,12 +318,14 @@ def _attempts(model: str, req: PlanRequest, target: Target, opts: ServeOptions,
                           highlight=False)
             state.set_phase("warming_up", "engine up; warm-up requests running")
             t = time.monotonic()
-            models = served_models(base_url)
+            headers = _api_headers(cmd.argv)
+            models = served_models(base_url, headers)
             served = models[0] if models else {}
             name = served.get("id") or report.served_model_name
             d = plan.decision()
             vocab = plan.chosen.option.spec.vocab_size
-            wu = warm_up(base_url, name, d["max_model_len"], d["max_num_seqs"], vocab)
+            wu = warm_up(base_url, name, d["max_model_len"], d["max_num_seqs"], vocab,
+                         headers=headers)
             attempt.warmup = wu.to_json()
             attempt.warmup_seconds = round(time.monotonic() - t, 2)
             if not engine.alive():
@@ -412,6 +419,17 @@ def _attempts(model: str, req: PlanRequest, target: Target, opts: ServeOptions,
         last_error = EngineStartError("no smaller plan is left to try",
                                       fix=f"See the report: {writer.paths[-1]}")
     raise last_error
+
+
+def _api_headers(argv: list[str]) -> dict[str, str]:
+    """vLLM's own API key (`--api-key` passthrough or VLLM_API_KEY), for warm-up requests."""
+    key = os.environ.get("VLLM_API_KEY")
+    for i, a in enumerate(argv):
+        if a == "--api-key" and i + 1 < len(argv):
+            key = argv[i + 1]
+        elif a.startswith("--api-key="):
+            key = a.split("=", 1)[1]
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def _served_name(argv: list[str]) -> str | None:

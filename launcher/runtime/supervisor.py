@@ -29,8 +29,10 @@ from launcher.settings import redact
 class EngineProcess:
     def __init__(self, command: EngineCommand, log_path: Path,
                  on_phase: Callable[[Phase, float], None] | None = None,
-                 keep_lines: int = 400, secrets: list[str] | None = None) -> None:
+                 keep_lines: int = 400, secrets: list[str] | None = None,
+                 nice: int = 0) -> None:
         self.secrets = list(secrets or [])
+        self.nice = nice
         self.command = command
         self.log_path = log_path
         self.parser = LogParser()
@@ -50,6 +52,12 @@ class EngineProcess:
             self.command.argv, env=self.command.environment(dict(os.environ)),
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, bufsize=1, errors="replace", start_new_session=True)
+        if self.nice:
+            # Set before the server forks its engine core and workers, which inherit it: on
+            # a CPU engine the cores are saturated, and the launcher's control API must still
+            # answer promptly. With nothing else running the engine keeps every core.
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, self.proc.pid, self.nice)
         self._reader = threading.Thread(target=self._read, name="engine-log", daemon=True)
         self._reader.start()
 

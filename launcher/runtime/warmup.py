@@ -53,8 +53,8 @@ def wait_healthy(base_url: str, alive, timeout: float, interval: float = 0.5) ->
             time.sleep(interval)
 
 
-def served_models(base_url: str) -> list[dict]:
-    r = httpx.get(f"{base_url}/v1/models", timeout=10)
+def served_models(base_url: str, headers: dict[str, str] | None = None) -> list[dict]:
+    r = httpx.get(f"{base_url}/v1/models", timeout=10, headers=headers)
     r.raise_for_status()
     return r.json().get("data", [])
 
@@ -77,14 +77,15 @@ def cache_config_info(metrics: str) -> dict[str, str]:
 
 
 def warm_up(base_url: str, model: str, max_model_len: int, max_num_seqs: int, vocab_size: int,
-            *, timeout: float = 600.0, burst_cap: int = 256, long_output: int = 4) -> WarmupResult:
+            *, timeout: float = 600.0, burst_cap: int = 256, long_output: int = 4,
+            headers: dict[str, str] | None = None) -> WarmupResult:
     res = WarmupResult()
     # 1. one request close to max_model_len, as token ids (any ids below the vocabulary)
     n = max(1, max_model_len - long_output - 1)
     ids = [10 + (i * 7919) % max(1, min(vocab_size, 30000) - 10) for i in range(n)]
     t = time.monotonic()
     try:
-        r = httpx.post(f"{base_url}/v1/completions", timeout=timeout, json={
+        r = httpx.post(f"{base_url}/v1/completions", timeout=timeout, headers=headers, json={
             "model": model, "prompt": ids, "max_tokens": long_output, "temperature": 0})
         if r.status_code != 200:
             res.errors.append(f"long request: HTTP {r.status_code}: {r.text[:300]}")
@@ -98,16 +99,17 @@ def warm_up(base_url: str, model: str, max_model_len: int, max_num_seqs: int, vo
     burst = max(1, min(max_num_seqs, burst_cap))
     res.burst_requests = burst
     t = time.monotonic()
-    results = asyncio.run(_burst(base_url, model, burst, timeout))
+    results = asyncio.run(_burst(base_url, model, burst, timeout, headers or {}))
     res.burst_seconds = round(time.monotonic() - t, 3)
     res.burst_ok = sum(1 for x in results if x is None)
     res.errors.extend(sorted({x for x in results if x is not None})[:5])
     return res
 
 
-async def _burst(base_url: str, model: str, n: int, timeout: float) -> list[str | None]:
+async def _burst(base_url: str, model: str, n: int, timeout: float,
+                 headers: dict[str, str]) -> list[str | None]:
     limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
-    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers) as client:
         async def one(i: int) -> str | None:
             try:
                 r = await client.post(f"{base_url}/v1/chat/completions", json={
