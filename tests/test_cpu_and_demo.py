@@ -100,3 +100,14 @@ def test_demo_model_cli_keeps_what_the_user_had(tmp_path: Path) -> None:
     p = run_cli("demo-model", str(fresh))
     assert p.returncode == 0 and "already built" in p.stdout
     assert not list(tmp_path.glob(".demo-model-*"))  # no temporary left behind
+
+
+def test_cpu_plan_that_does_not_fit_says_how_much_memory_would(tmp_path: Path) -> None:
+    p = run_cli("plan", "llama-3.1-70b", "--device", "cpu", "--json",
+                env={"LAUNCHER_CACHE_DIR": str(tmp_path)})
+    assert p.returncode == 3, p.stderr
+    j = json.loads(p.stdout)
+    [s] = j["suggestions"]
+    # 70.6 B bf16 parameters alone are 131 GiB: the need at the shortest context is above that
+    need = float(s.split("or ")[1].split(" GiB")[0])
+    assert 131 / 0.8 < need < 400 and "would need" in s

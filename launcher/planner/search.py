@@ -240,6 +240,9 @@ def suggest(spec: ModelSpec, cal: EngineCalibration, req: PlanRequest,
         if t.name in seen:
             continue
         seen.add(t.name)
+        if t.catalog_name == "CPU":
+            out.append(_cpu_suggestion(spec, cal, free_req, variants, model_ref, t))
+            continue
         clean = dataclasses.replace(t, used_bytes=0, free_bytes=t.total_bytes, processes=())
         opts, _ = weight_options(spec, variants, [clean], cal, model_ref, req.quantization)
         by_level: dict[int, WeightOption] = {}
@@ -262,6 +265,29 @@ def suggest(spec: ModelSpec, cal: EngineCalibration, req: PlanRequest,
         else:
             out.append(f"does not fit on up to 16× {t.catalog_name or t.name} at any precision")
     return out
+
+
+def _cpu_suggestion(spec: ModelSpec, cal: EngineCalibration, req: PlanRequest,
+                    variants: tuple[Variant, ...], model_ref: str | None, t: GpuInfo) -> str:
+    """Host memory is one device: say how much of it the model would need, at the full and at
+    the shortest allowed context."""
+    big = 1 << 42  # 4 TiB: enough to see what the plan needs
+    roomy = dataclasses.replace(t, total_bytes=big, free_bytes=big - t.used_bytes)
+    opts, _ = weight_options(spec, variants, [roomy], cal, model_ref, req.quantization)
+    needs = []
+    cap = req.context_cap(spec.max_position_embeddings)
+    for length in dict.fromkeys((cap, req.context_floor(spec.max_position_embeddings))):
+        chosen, _, _ = search(spec, [roomy], cal, dataclasses.replace(req, max_model_len=length),
+                              opts)
+        if chosen is not None:
+            need = chosen.budgets[0].planned_total / (1 - req.headroom)
+            needs.append(f"{need / GiB:.1f} GiB at {length:,} tokens of context")
+    needs = [needs[0].replace(" GiB at", " GiB of node memory at", 1), *needs[1:]] if needs \
+        else needs
+    if not needs:
+        return "does not fit in any amount of host memory with these options"
+    return (f"would need {', or '.join(needs)} (the node has {t.total_bytes / GiB:.1f} GiB, "
+            f"{t.used_bytes / GiB:.1f} GiB used by others)")
 
 
 def _explain(spec: ModelSpec, c: Candidate, tried: list[Candidate], failed_rungs: list[str],
