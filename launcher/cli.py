@@ -243,10 +243,23 @@ def _request(settings: dict):
     return req, target
 
 
-def _settings_json(settings: dict) -> dict:
-    from launcher.settings import redact_obj, secrets_from_env
+def _secrets(settings: dict) -> list[str]:
+    import shlex
 
-    return redact_obj({k: s.to_json() for k, s in settings.items()}, secrets_from_env())
+    from launcher.settings import secret_flag_values, secrets_from_env
+
+    extra = settings.get("engine_args")
+    try:
+        flags = shlex.split(extra.value or "") if extra is not None else []
+    except ValueError:
+        flags = []
+    return secrets_from_env() + secret_flag_values(flags)
+
+
+def _settings_json(settings: dict) -> dict:
+    from launcher.settings import redact_obj
+
+    return redact_obj({k: s.to_json() for k, s in settings.items()}, _secrets(settings))
 
 
 def _print_settings(settings: dict) -> None:
@@ -267,8 +280,10 @@ def _plan_and_print(model: str, settings: dict, *, json_out: bool, explain: bool
 
     req, target = _request(settings)
     p = build_plan(model, req, target)
+    from launcher.settings import redact_obj
+
     p.settings = _settings_json(settings)
-    out = p.to_json()
+    out = redact_obj(p.to_json(), _secrets(settings))
     if json_out:
         _print_json(out)
     else:

@@ -111,3 +111,28 @@ def test_cpu_plan_that_does_not_fit_says_how_much_memory_would(tmp_path: Path) -
     # 70.6 B bf16 parameters alone are 131 GiB: the need at the shortest context is above that
     need = float(s.split("or ")[1].split(" GiB")[0])
     assert 131 / 0.8 < need < 400 and "would need" in s
+
+
+def test_cpu_context_search_uses_the_room_not_the_capped_cache() -> None:
+    """On a 64 GiB node the longest context with 8 sequences is found from what the limit
+    leaves, not from a cache already sized for the floor's length."""
+    from dataclasses import replace
+
+    from launcher.hardware.cpu import NodeMemory, cpu_device
+    from launcher.memory.overheads import calibration_for
+    from launcher.models.resolve import resolve_model
+    from launcher.planner import PlanRequest, plan
+
+    node = cpu_device(NodeMemory(0, 64 << 30, 62 << 30, "test"))
+    spec = resolve_model("llama-3.1-8b")
+    cal = calibration_for("0.32", "cpu")
+    low = plan(spec, [node], cal, PlanRequest(device="cpu"))
+    high = plan(spec, [node], cal, PlanRequest(device="cpu", min_context=16384))
+    assert low.feasible and high.feasible
+    assert low.chosen.max_model_len >= high.chosen.max_model_len >= 16384
+    b = low.budgets[0]
+    assert b.planned_total <= b.limit_bytes
+    # and the result is the longest: 1024 tokens more no longer hold 8 sequences
+    longer = plan(spec, [node], cal, replace(PlanRequest(device="cpu"),
+                                             min_context=low.chosen.max_model_len + 1024))
+    assert not longer.feasible or longer.chosen.max_model_len >= low.chosen.max_model_len

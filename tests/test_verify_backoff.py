@@ -144,9 +144,10 @@ def test_kv_too_small_caps_the_context_at_what_the_engine_said(recorded) -> None
     p = _plan(inv)
     failure = classify_failure(CPU_KV_TOO_SMALL)
     assert failure.kind == "kv_too_small_for_context"
-    step = next_step(PlanRequest(max_model_len=8192), p, failure, None)
+    step = next_step(PlanRequest(max_model_len=8192, min_context=64), p, failure, None)
     assert step is not None and step.request.max_model_len == 128
-    assert step.request.min_context is not None and step.request.min_context <= 128
+    # never below the shortest context the user accepts (default 4096): no step then
+    assert next_step(PlanRequest(max_model_len=8192), p, failure, None) is None
 
 
 def test_config_errors_are_not_retried(recorded) -> None:

@@ -65,7 +65,7 @@ class ControlState:
         with self._lock:
             self.phase = phase
             self.ready = ready
-            self.reason = reason or phase
+            self.reason = redact_obj(reason or phase, self.secrets)
 
     def set_plan(self, plan: dict, settings: dict | None = None) -> None:
         with self._lock:

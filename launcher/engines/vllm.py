@@ -17,7 +17,8 @@ ENTRYPOINT = "vllm.entrypoints.openai.api_server"
 
 # Inherited variables that would override the planned numbers: on the CPU backend
 # VLLM_CPU_KVCACHE_SPACE replaces --kv-cache-memory-bytes (platforms/cpu.py).
-UNSET = ("VLLM_CPU_KVCACHE_SPACE",)
+# LAUNCHER_API_TOKEN guards the launcher's API; the engine has no use for it.
+UNSET = ("VLLM_CPU_KVCACHE_SPACE", "LAUNCHER_API_TOKEN")
 
 
 @dataclass(frozen=True)
@@ -92,10 +93,26 @@ PLANNED = ("--model", "--host", "--port", "--served-model-name", "--dtype", "--q
            "--max-num-batched-tokens", "--kv-cache-memory-bytes", "--gpu-memory-utilization")
 BOOLEAN_PLANNED = ("--enforce-eager",)
 SHORT = {"-tp": "--tensor-parallel-size", "-pp": "--pipeline-parallel-size",
-         "-dp": "--data-parallel-size", "-q": "--quantization"}
+         "-dp": "--data-parallel-size", "-q": "--quantization",
+         "--device-memory-utilization": "--gpu-memory-utilization"}
 # Flags that move memory the plan does not model: refused rather than silently breaking it.
 UNMODELLED = ("--block-size", "--num-gpu-blocks-override", "--cpu-offload-gb", "--swap-space",
-              "--kv-offloading-size", "--speculative-config", "--max-cudagraph-capture-size")
+              "--kv-offloading-size", "--speculative-config", "--max-cudagraph-capture-size",
+              "--config", "--compilation-config", "-O", "--enable-lora", "--hf-overrides",
+              "--max-lora-rank", "--max-loras", "--mm-processor-kwargs")
+
+
+def _canonical(flag: str) -> str:
+    """vLLM's parser accepts unique prefixes of long flags (argparse allow_abbrev) and a few
+    aliases: map a flag to the planned or refused flag it abbreviates, if any."""
+    name = SHORT.get(flag, flag).replace("_", "-")
+    if name.startswith("-O") and name != "-O" and not name.startswith("--"):
+        return "-O"  # -O3, -O.level=…
+    known = (*PLANNED, *BOOLEAN_PLANNED, *UNMODELLED)
+    if name in known or not name.startswith("--"):
+        return name
+    hits = [k for k in known if k.startswith(name) and len(name) >= 5]
+    return hits[0] if len(hits) == 1 else name
 
 
 def _pairs(args: list[str]) -> list[tuple[str, str | None]]:
@@ -123,7 +140,10 @@ def merge_engine_args(argv: list[str], extra: list[str]) -> list[str]:
     Raises ValueError with the reason; the caller turns it into a user-facing error."""
     result = list(argv)
     for flag, value in _pairs(list(extra)):
-        name = SHORT.get(flag, flag).replace("_", "-")
+        name = _canonical(flag)
+        if name == "--served-model-name" and name not in argv and value:
+            result += [name, value]  # the plan left the name to vLLM: the user may choose it
+            continue
         if name in PLANNED:
             planned = argv[argv.index(name) + 1] if name in argv else None
             if value is None or planned is None or value != planned:

@@ -73,6 +73,7 @@ class Candidate:
     gpus: list[GpuInfo] = field(default_factory=list)
     serve_dtype: str = ""
     geometry: kvm.KvGeometry | None = None
+    kv_room_bytes: int = 0  # what the limit leaves for the KV cache (before a CPU cap)
     notes: list[str] = field(default_factory=list)
     status: str = "rejected"  # chosen | rejected | fits
 
@@ -159,6 +160,7 @@ def evaluate(cand: Candidate, gpus: list[GpuInfo], cal: EngineCalibration, headr
             f"{tight.limit_bytes / GiB:.1f} GiB limit ({1 - headroom:.0%} of "
             f"{tight.total_bytes / GiB:.1f} GiB)")
         return cand
+    cand.kv_room_bytes = kv_cache
     if cpu:
         # Host RAM is shared with everything else on the machine: hold what the batch can
         # use (max(max_num_seqs, min_concurrency) full-length sequences), not all that is left.
@@ -202,12 +204,14 @@ def longest_context(cand: Candidate, low: int, high: int, min_concurrency: int) 
     geo = cand.geometry
     if geo is None or cand.kv_cache_memory_bytes <= 0:
         return None
+    # The room under the limit, not a cache already capped for `low`-length sequences (CPU).
+    room = max(cand.kv_room_bytes, cand.kv_cache_memory_bytes)
+    blocks = kvm.num_blocks(geo, room)
 
     def ok(length: int) -> bool:
         per = kvm.blocks_per_request(geo, length, cand.max_num_batched_tokens)
-        return (cand.num_blocks / per >= min_concurrency and
-                kvm.bytes_for_one_request(geo, length, cand.max_num_batched_tokens)
-                <= cand.kv_cache_memory_bytes)
+        return (blocks / per >= min_concurrency and
+                kvm.bytes_for_one_request(geo, length, cand.max_num_batched_tokens) <= room)
 
     if not ok(low):
         return None

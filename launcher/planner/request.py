@@ -74,6 +74,9 @@ class PlanRequest:
                     f"({model_max_len} tokens, from its config)",
                     fix=f"Use --max-model-len {model_max_len} or less.")
         if self.min_context is not None:
+            if self.min_context < 1:
+                raise InputError(f"--min-context {self.min_context} is below 1",
+                                 fix="Give the shortest context in tokens, e.g. 4096.")
             if self.min_context > model_max_len:
                 raise InputError(
                     f"--min-context {self.min_context} is above the model's maximum context "

@@ -54,8 +54,11 @@ def next_step(req: PlanRequest, plan: Plan, failure: Failure | None,
             cap = min(fit // 256 * 256 if fit >= 512 else fit, c.max_model_len - 1)
             if cap < 1:
                 return None
-            floor = min(req.context_floor(c.max_model_len), cap)
-            return Step(replace(req, max_model_len=cap, min_context=floor),
+            floor = req.context_floor(plan.model.get("max_position_embeddings")
+                                      or c.max_model_len)
+            if cap < floor:
+                return None  # below the shortest context the user accepts: stop here
+            return Step(replace(req, max_model_len=cap),
                         f"the engine's KV cache holds at most {fit:,} tokens per request: "
                         f"context capped at {cap:,} (was {c.max_model_len:,})")
         if failure.kind == "oom_graph_capture" and not req.enforce_eager:

@@ -99,11 +99,14 @@ def sampler(plan, engine, device: str) -> Callable[[], list[LiveDevice]]:
         pids = set(engine.pids())
         raw = read_raw()
         now = time.time()
-        by_uuid = {d.uuid: d for d in raw.devices}
         out = []
-        for r, g in zip(readings_from_raw(raw, plan.chosen.gpus, pids), plan.chosen.gpus,
-                        strict=False):
-            d = by_uuid.get(g.uuid) or raw.devices[g.index]
+        for g in plan.chosen.gpus:
+            readings = readings_from_raw(raw, [g], pids)
+            if not readings:
+                continue  # the GPU is gone from NVML: the next sample will say more
+            r = readings[0]
+            d = next((x for x in raw.devices if g.uuid and x.uuid == g.uuid), None) or \
+                raw.devices[g.index]
             out.append(LiveDevice(r.index, r.total_bytes, limits.get(r.index, r.total_bytes),
                                   r.used_bytes, r.engine_bytes, now,
                                   gpu_holders(d.processes, pids)))

@@ -7,10 +7,13 @@ no engine process outlives the launcher.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import shutil
 import signal
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,7 +24,7 @@ from rich.console import Console
 
 from launcher.api.state import ControlState
 from launcher.engines.vllm import EngineCommand
-from launcher.engines.vllm_log import Phase, classify_failure, important_lines
+from launcher.engines.vllm_log import Failure, Phase, classify_failure, important_lines
 from launcher.errors import EngineStartError, InputError, LauncherError, VerificationError
 from launcher.planner import PlanRequest
 from launcher.planning import Target, build_plan
@@ -38,7 +41,7 @@ from launcher.runtime.warmup import (
     wait_healthy,
     warm_up,
 )
-from launcher.settings import secret_flag_values, secrets_from_env
+from launcher.settings import redact_obj, secret_flag_values, secrets_from_env
 from launcher.units import GiB
 
 # Niceness of a CPU engine (whose compute saturates every core) relative to the launcher.
@@ -83,6 +86,9 @@ def check_port(host: str, port: int) -> None:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
+        except (OverflowError, ValueError) as e:
+            raise InputError(f"port {port} is not a valid TCP port",
+                             fix="Use a port between 1 and 65535.") from e
         except OSError as e:
             if e.errno in (errno.EADDRINUSE, errno.EACCES):
                 raise InputError(f"port {port} on {host} is already in use",
@@ -111,8 +117,9 @@ class _Progress:
 
     def phase(self, phase: Phase, t: float) -> None:
         msg = f"engine: {phase.value} ({t:.1f} s)"
-        if self.live and self.status is not None:
-            self.status.update(msg)
+        status = self.status  # the main thread may end the display meanwhile
+        if self.live and status is not None:
+            status.update(msg)
             self.console.print(f"  {msg}", highlight=False)
         else:
             self.console.print(msg, highlight=False)
@@ -143,13 +150,26 @@ def run_serve(model: str, req: PlanRequest, target: Target, opts: ServeOptions,
     try:
         return _run(model, req, target, opts, console, report, writer, state)
     except LauncherError as e:
-        report.verdict = report.verdict if report.verdict not in ("pending", "serving") \
-            else "error"
-        report.exit_code = e.exit_code
-        report.error = {"message": e.message, "fix": e.fix, "exit_code": e.exit_code}
-        state.set_phase("failed", e.message)
-        writer.write()
+        _record_error(report, writer, state, e)
         raise
+    except Exception as e:
+        if os.environ.get("LAUNCHER_DEBUG") == "1":
+            raise
+        err = EngineStartError(f"unexpected {type(e).__name__}: {e}",
+                               fix="This is a launcher bug; run with LAUNCHER_DEBUG=1 for the "
+                                   "traceback and report it. The fit report has the attempts.")
+        _record_error(report, writer, state, err)
+        raise err from e
+
+
+def _record_error(report: Report, writer: _Writer, state: ControlState,
+                  e: LauncherError) -> None:
+    report.verdict = report.verdict if report.verdict not in ("pending", "serving") else "error"
+    report.exit_code = e.exit_code
+    report.error = {"message": e.message, "fix": e.fix, "exit_code": e.exit_code}
+    state.set_phase("failed", e.message)
+    with contextlib.suppress(OSError):  # an unwritable report path is the error reported
+        writer.write()
 
 
 class _Writer:
@@ -190,7 +210,29 @@ def _run(model: str, req: PlanRequest, target: Target, opts: ServeOptions, conso
     if target.gpus:
         raise InputError("--gpus describes simulated GPUs; serve launches on real ones",
                          fix="Use --dry-run to plan for simulated GPUs, or drop --gpus.")
+    if target.inventory_file and target.device != "cpu":
+        raise InputError("--inventory-file replays a snapshot; serve launches on the GPUs NVML "
+                         "sees now",
+                         fix="Use the snapshot with --dry-run / `launcher plan`, or drop it.")
+    if opts.monitor_interval < 0.5:
+        raise InputError(f"--monitor-interval {opts.monitor_interval} is below 0.5 s",
+                         fix="Sample every few seconds, e.g. --monitor-interval 5.")
+    python = target.engine_python or sys.executable
+    if not (shutil.which(python) or os.access(python, os.X_OK)):
+        raise InputError(f"--engine-python {python}: no such executable",
+                         fix="Point at the Python interpreter that has vLLM installed.")
     check_port(target.host, target.port)
+    for path in [_log_dir(opts), *(p.parent for p in writer.paths),
+                 *([opts.report.parent] if opts.report else [])]:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / f".launcher-write-test-{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise InputError(f"cannot write to {path}: {e.strerror}",
+                             fix="Choose a writable --log-dir / --report / --fit-report, or "
+                                 "set LAUNCHER_CACHE_DIR.") from e
     control = None
     if opts.control_port:
         if opts.control_port == target.port:
@@ -205,6 +247,7 @@ def _run(model: str, req: PlanRequest, target: Target, opts: ServeOptions, conso
         console.print(f"control API: http://{opts.control_host}:{opts.control_port}/ "
                       "(/livez /readyz /plan /report /gpus /metrics)", highlight=False)
     log_dir = _log_dir(opts)
+    log_dir.mkdir(parents=True, exist_ok=True)
     if opts.report:
         writer.add(opts.report)
     writer.add(log_dir / "report.json")
@@ -219,14 +262,15 @@ def _run(model: str, req: PlanRequest, target: Target, opts: ServeOptions, conso
         return _attempts(model, req, target, opts, console, log_dir, report, writer, state,
                          _set)
     except Stopped as s:
-        console.print(f"{s}: stopping the engine", highlight=False)
         for sig in old:
             signal.signal(sig, signal.SIG_IGN)
+        console.print(f"{s}: stopping the engine", highlight=False)
         state.set_phase("stopped", f"{s} received")
         _stop_current(opts.grace)
         if report.final and report.final.outcome == "pending":
             report.final.outcome = "stopped"
         report.stopped_by = str(s)
+        report.verdict = "stopped"
         report.exit_code = 128 + s.signum
         writer.write()
         return 128 + s.signum
@@ -262,8 +306,8 @@ def _attempts(model: str, req: PlanRequest, target: Target, opts: ServeOptions,
 
     devices = None
     last_error: LauncherError | None = None
-    base_url = f"http://{'localhost' if target.host in ('0.0.0.0', '::') else target.host}" \
-               f":{target.port}"
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(target.host, target.host)
+    base_url = f"http://{f'[{host}]' if ':' in host else host}:{target.port}"
     report.base_url = base_url
     for n in range(1, opts.max_attempts + 1):
         state.set_phase("planning", f"attempt {n}: planning")
@@ -273,7 +317,7 @@ def _attempts(model: str, req: PlanRequest, target: Target, opts: ServeOptions,
         state.set_plan(plan.to_json(), opts.settings)
         report.plan = plan.to_json()
         if not plan.feasible:
-            console.print(plan_view(plan.to_json()))
+            console.print(plan_view(redact_obj(plan.to_json(), state.secrets)))
             if n == 1:
                 report.verdict, report.exit_code = "does_not_fit", 3
                 writer.write()
@@ -286,7 +330,7 @@ def _attempts(model: str, req: PlanRequest, target: Target, opts: ServeOptions,
         report.attempts.append(attempt)
         report.served_model_name = _served_name(cmd.argv)
         if n == 1:
-            console.print(plan_view(plan.to_json()))
+            console.print(plan_view(redact_obj(plan.to_json(), state.secrets)))
         else:
             d = plan.decision() or {}
             console.print(f"attempt {n}: {plan.chosen.option.label if plan.chosen else ''}, "
@@ -346,9 +390,13 @@ def _attempts(model: str, req: PlanRequest, target: Target, opts: ServeOptions,
         except (EngineGone, TimeoutError, OSError, httpx.HTTPError) as e:
             progress.end()
             engine.stop(opts.grace)
-            failure = classify_failure(list(engine.lines), engine.poll(), engine.parser.phase)
-            if isinstance(e, TimeoutError) and failure.kind == "unknown":
-                failure.message = str(e)
+            if isinstance(e, TimeoutError):
+                # We killed it for taking too long: not a memory failure a smaller plan fixes.
+                failure = Failure("ready_timeout", str(e), {"timeout_seconds": opts.ready_timeout},
+                                  retryable=False)
+            else:
+                failure = classify_failure(list(engine.lines), engine.poll(),
+                                           engine.parser.phase)
             lines = important_lines(list(engine.lines))
             attempt.outcome = "start_failed"
             attempt.failure = {"kind": failure.kind, "message": failure.message,
@@ -376,8 +424,7 @@ def _attempts(model: str, req: PlanRequest, target: Target, opts: ServeOptions,
                                       opts.monitor_interval)
             monitor.start()
             try:
-                while engine.alive():
-                    time.sleep(0.5)
+                _watch(engine, base_url, state)
             finally:
                 monitor.stop()
             lines = important_lines(list(engine.lines))
@@ -419,6 +466,30 @@ def _attempts(model: str, req: PlanRequest, target: Target, opts: ServeOptions,
         last_error = EngineStartError("no smaller plan is left to try",
                                       fix=f"See the report: {writer.paths[-1]}")
     raise last_error
+
+
+def _watch(engine: EngineProcess, base_url: str, state: ControlState,
+           every: float = 5.0, misses: int = 3) -> None:
+    """Serve until the engine exits; a hung engine (no /health for `misses` checks) is reported
+    not ready until it answers again."""
+    failed = 0
+    last = time.monotonic()
+    with httpx.Client(timeout=5) as client:
+        while engine.alive():
+            time.sleep(0.5)
+            if time.monotonic() - last < every:
+                continue
+            last = time.monotonic()
+            try:
+                ok = client.get(f"{base_url}/health").status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            failed = 0 if ok else failed + 1
+            if failed == misses:
+                state.set_phase("serving", f"the engine has not answered /health for "
+                                f"{misses * every:.0f} s", ready=False)
+            elif ok and not state.ready and state.phase == "serving":
+                state.set_phase("serving", "engine up and verified", ready=True)
 
 
 def _api_headers(argv: list[str]) -> dict[str, str]:

@@ -48,10 +48,17 @@ class EngineProcess:
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.started_at = time.monotonic()
-        self.proc = subprocess.Popen(
-            self.command.argv, env=self.command.environment(dict(os.environ)),
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, bufsize=1, errors="replace", start_new_session=True)
+        # A SIGTERM between fork and the assignment below would leave a child no one stops:
+        # hold the signals until self.proc is set (they are delivered right after).
+        blocked = {signal.SIGINT, signal.SIGTERM}
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+        try:
+            self.proc = subprocess.Popen(
+                self.command.argv, env=self.command.environment(dict(os.environ)),
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                text=True, bufsize=1, errors="replace", start_new_session=True)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
         if self.nice:
             # Set before the server forks its engine core and workers, which inherit it: on
             # a CPU engine the cores are saturated, and the launcher's control API must still
@@ -63,20 +70,37 @@ class EngineProcess:
 
     def _read(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
-        with self.log_path.open("a", encoding="utf-8") as log:
+        log = None
+        try:
+            log = self.log_path.open("a", encoding="utf-8")
             log.write(redact(f"# launcher: {self.command.shell()}\n", self.secrets))
-            for raw in self.proc.stdout:
-                line = redact(raw.rstrip("\n"), self.secrets) if self.secrets else \
-                    raw.rstrip("\n")
-                log.write(line + "\n")
-                log.flush()
-                self.lines.append(line)
+        except OSError:
+            log = None
+        # Keep draining the pipe whatever happens below: an engine whose output is not read
+        # blocks on its next log line.
+        for raw in self.proc.stdout:
+            line = redact(raw.rstrip("\n"), self.secrets) if self.secrets else raw.rstrip("\n")
+            self.lines.append(line)
+            if log is not None:
+                try:
+                    log.write(line + "\n")
+                    log.flush()
+                except OSError:
+                    log = None  # disk full or gone: the in-memory tail still has the lines
+            try:
                 phase = self.parser.feed(line)
                 if phase is not None:
                     t = time.monotonic() - self.started_at
                     self.phase_times.setdefault(phase.value, round(t, 2))
                     if self.on_phase:
                         self.on_phase(phase, t)
+            except Exception:  # a parser or display bug must not stop the draining
+                continue
+        if log is not None:
+            with contextlib.suppress(OSError):
+                log.close()
+        with contextlib.suppress(OSError):
+            self.proc.stdout.close()
 
     # ---- state -------------------------------------------------------------------------
     @property
@@ -114,19 +138,21 @@ class EngineProcess:
     # ---- stop --------------------------------------------------------------------------
     def stop(self, grace: float = 20.0) -> int | None:
         """SIGTERM the whole group, SIGKILL what is left after `grace` seconds; returns the
-        engine's exit status. Safe to call twice."""
+        engine's exit status. Safe to call twice. The group is signalled even when the root
+        already exited: its engine core and workers may still hold memory."""
         if self.proc is None:
             return None
         self.pids()
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
+        pgid = self.proc.pid
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGTERM)
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and (self.proc.poll() is None or self._survivors()):
+        while time.monotonic() < deadline and (self.proc.poll() is None or self._survivors()
+                                               or _group_exists(pgid)):
             time.sleep(0.1)
-        if self.proc.poll() is None or self._survivors():
+        if self.proc.poll() is None or self._survivors() or _group_exists(pgid):
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                os.killpg(pgid, signal.SIGKILL)
             for p in self._survivors():
                 with contextlib.suppress(psutil.Error):
                     p.kill()
@@ -147,3 +173,14 @@ class EngineProcess:
             except psutil.Error:
                 continue
         return alive
+
+
+def _group_exists(pgid: int) -> bool:
+    """Whether any process of the group is still alive (zombies excepted)."""
+    for p in psutil.process_iter(["pid", "status"]):
+        try:
+            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return False
