@@ -24,7 +24,7 @@ def create_app(state: ControlState, token: str | None = None) -> FastAPI:
     app = FastAPI(title="launcher control API", docs_url=None, redoc_url=None,
                   openapi_url=None)
 
-    def auth(request: Request) -> None:
+    async def auth(request: Request) -> None:
         if not token:
             return
         got = request.headers.get("authorization", "")
@@ -36,11 +36,11 @@ def create_app(state: ControlState, token: str | None = None) -> FastAPI:
     protected = [Depends(auth)]
 
     @app.get("/livez")
-    def livez() -> dict:
+    async def livez() -> dict:
         return {"status": "alive"}
 
     @app.get("/readyz")
-    def readyz() -> JSONResponse:
+    async def readyz() -> JSONResponse:
         s = state.snapshot()
         below = [i for i, d in s["live"].items() if d["below_target"]]
         body = {"ready": s["ready"], "phase": s["phase"], "reason": s["reason"],
@@ -48,14 +48,14 @@ def create_app(state: ControlState, token: str | None = None) -> FastAPI:
         return JSONResponse(body, status_code=200 if s["ready"] else 503)
 
     @app.get("/plan", dependencies=protected)
-    def plan() -> JSONResponse:
+    async def plan() -> JSONResponse:
         s = state.snapshot()
         if s["plan"] is None:
             raise HTTPException(404, "no plan yet")
         return JSONResponse({**s["plan"], "settings": s["settings"]})
 
     @app.get("/report", dependencies=protected)
-    def report() -> JSONResponse:
+    async def report() -> JSONResponse:
         s = state.snapshot()
         if s["report"] is None:
             raise HTTPException(404, "no attempt yet")
@@ -68,11 +68,11 @@ def create_app(state: ControlState, token: str | None = None) -> FastAPI:
         return JSONResponse(redact_obj(state.inventory(), state.secrets))
 
     @app.get("/metrics", dependencies=protected)
-    def metrics() -> Response:
+    async def metrics() -> Response:
         return Response(render(state), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/", dependencies=protected, response_class=HTMLResponse)
-    def page() -> HTMLResponse:
+    async def page() -> HTMLResponse:
         return HTMLResponse(render_page(state.snapshot()))
 
     return app
