@@ -92,10 +92,6 @@ class ControlState:
                 self.live[d.index] = d
             return newly
 
-    def clear_live(self) -> None:
-        with self._lock:
-            self.live = {}
-
     # ---- readers (API) ----------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         with self._lock:

@@ -10,7 +10,6 @@ project's build machine node 0 reports 10.5 GiB of a 23.5 GiB VM).
 
 from __future__ import annotations
 
-import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +90,3 @@ def cpu_device(mem: NodeMemory) -> GpuInfo:
                    free_bytes=mem.available_bytes, used_bytes=used, compute_capability=(0, 0),
                    mig_mode=None, processes=(), nvlink_peers=(), memory_bandwidth_gbps=None,
                    catalog_name="CPU", simulated=False)
-
-
-def cpu_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -67,10 +67,10 @@ def readings_from_raw(raw, plan_gpus, pids: set[int]) -> list[DeviceReading]:
             d = raw.devices[g.index]
         if d is None:
             continue
+        # v2 memory info: used excludes the driver's reservation, as total − reserved does
         total = d.memory_total - (d.memory_reserved or 0)
-        used = d.memory_used if d.memory_reserved is not None else d.memory_used - 0
-        out.append(DeviceReading(g.index, total, used, engine_bytes_on_gpu(d.processes, pids),
-                                 "nvml"))
+        out.append(DeviceReading(g.index, total, d.memory_used,
+                                 engine_bytes_on_gpu(d.processes, pids), "nvml"))
     return out
 
 
