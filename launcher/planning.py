@@ -98,7 +98,7 @@ def build_plan(model: str, req: PlanRequest, target: Target, devices=None) -> Pl
     if devices is None:
         device, devices, source, notes = resolve_devices(target)
     else:
-        device = "cpu" if devices[0].catalog_name == "CPU" else "cuda"
+        device = "cpu" if devices[0].is_cpu else "cuda"
         source, notes = "measured by the engine", []
     req = replace(req, device=device)
     version, version_source = choose_version(target.engine_version, device)

@@ -14,7 +14,7 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.hardware.inventory import GpuInfo
+from launcher.hardware.inventory import CPU_CATALOG_NAME, GpuInfo
 
 NODE_DIR = Path("/sys/devices/system/node")
 CGROUP = Path("/sys/fs/cgroup")
@@ -89,4 +89,4 @@ def cpu_device(mem: NodeMemory) -> GpuInfo:
                    total_bytes=mem.total_bytes, nvml_total_bytes=None, reserved_bytes=None,
                    free_bytes=mem.available_bytes, used_bytes=used, compute_capability=(0, 0),
                    mig_mode=None, processes=(), nvlink_peers=(), memory_bandwidth_gbps=None,
-                   catalog_name="CPU", simulated=False)
+                   catalog_name=CPU_CATALOG_NAME, simulated=False)

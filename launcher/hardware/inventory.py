@@ -21,6 +21,7 @@ from typing import Any
 from launcher.errors import InputError
 
 FORMAT = "launcher-inventory/1"
+CPU_CATALOG_NAME = "CPU"  # catalog_name of the host-memory device a CPU plan runs on
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,11 @@ class GpuInfo:
     memory_bandwidth_gbps: float | None
     catalog_name: str | None
     simulated: bool
+
+    @property
+    def is_cpu(self) -> bool:
+        """Host memory standing in for a GPU (vLLM's CPU backend; hardware/cpu.py)."""
+        return self.catalog_name == CPU_CATALOG_NAME
 
     @property
     def other_used_bytes(self) -> int:

@@ -157,7 +157,7 @@ def estimate(spec: ModelSpec, gpus: list[GpuInfo], flags: EngineFlags, cal: Engi
 def _serve_dtype(spec: ModelSpec, flags: EngineFlags, gpu: GpuInfo, notes: list[str]) -> str:
     dtype = spec.dtype if flags.dtype in ("auto", None) else \
         TORCH_DTYPES.get(flags.dtype.lower(), flags.dtype)
-    if dtype == "bfloat16" and gpu.compute_capability < (8, 0) and not _is_cpu(gpu):
+    if dtype == "bfloat16" and gpu.compute_capability < (8, 0) and not gpu.is_cpu:
         if flags.dtype in ("auto", None):
             notes.append("bfloat16 model on compute capability < 8.0: vLLM casts to float16")
             dtype = "float16"
@@ -168,10 +168,6 @@ def _serve_dtype(spec: ModelSpec, flags: EngineFlags, gpu: GpuInfo, notes: list[
                 f"{gpu.compute_capability[0]}.{gpu.compute_capability[1]}. "
                 "You can use float16 instead by explicitly setting the `dtype` flag in CLI.")
     return dtype
-
-
-def _is_cpu(gpu: GpuInfo) -> bool:
-    return gpu.catalog_name == "CPU"
 
 
 def _quant_bits(spec: ModelSpec, flags: EngineFlags, gpu: GpuInfo) -> tuple[float | None, str]:

@@ -11,12 +11,12 @@ leaves a half-written model behind.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from launcher.errors import InputError
+from launcher.paths import cache_dir
 
 FORMAT_VERSION = 1
 SPECIAL = ["<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
@@ -32,12 +32,6 @@ CONFIG = {
     "eos_token_id": 2, "attention_bias": False, "mlp_bias": False,
 }
 VOCAB = 2048
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("LAUNCHER_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "launcher")
-    return Path(base)
 
 
 def default_dir() -> Path:

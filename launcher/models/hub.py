@@ -33,6 +33,7 @@ from launcher.errors import (
 )
 from launcher.models.safetensors_meta import missing_shards, read_checkpoint
 from launcher.models.spec import DTYPE_BYTES, TensorInfo
+from launcher.paths import cache_dir
 
 NO_HEADERS_NOTE = "weights counted from architecture: no safetensors headers in cache"
 _STORE_FORMAT = 1
@@ -65,12 +66,7 @@ def looks_like_repo_id(s: str) -> bool:
 
 def metadata_cache_path(repo_id: str, revision: str | None = None) -> Path:
     """Where the Hub's safetensors table for `repo_id[@revision]` is stored for offline runs."""
-    base = os.environ.get("LAUNCHER_CACHE_DIR")
-    if base:
-        root = Path(base).expanduser()
-    else:
-        xdg = os.environ.get("XDG_CACHE_HOME")
-        root = (Path(xdg) if xdg else Path.home() / ".cache") / "launcher"
+    root = cache_dir()
     name = repo_id.replace("/", "--")
     if revision:
         name += "@" + re.sub(r"[^A-Za-z0-9._-]", "--", revision)

@@ -240,7 +240,7 @@ def suggest(spec: ModelSpec, cal: EngineCalibration, req: PlanRequest,
         if t.name in seen:
             continue
         seen.add(t.name)
-        if t.catalog_name == "CPU":
+        if t.is_cpu:
             out.append(_cpu_suggestion(spec, cal, free_req, variants, model_ref, t))
             continue
         clean = dataclasses.replace(t, used_bytes=0, free_bytes=t.total_bytes, processes=())

@@ -26,6 +26,7 @@ from launcher.api.state import ControlState
 from launcher.engines.vllm import EngineCommand
 from launcher.engines.vllm_log import Failure, Phase, classify_failure, important_lines
 from launcher.errors import EngineStartError, InputError, LauncherError, VerificationError
+from launcher.paths import cache_dir
 from launcher.planner import PlanRequest
 from launcher.planning import Target, build_plan
 from launcher.runtime.backoff import next_step
@@ -66,8 +67,6 @@ def fit_report_path(opts: ServeOptions) -> Path:
     """Every run writes its fit report here (documented in docker/PLATFORM.md)."""
     if opts.fit_report:
         return opts.fit_report
-    from launcher.models.demo import cache_dir
-
     return cache_dir() / "fit-report.json"
 
 
@@ -133,8 +132,6 @@ class _Progress:
 def _log_dir(opts: ServeOptions) -> Path:
     if opts.log_dir:
         return opts.log_dir
-    from launcher.models.demo import cache_dir
-
     return cache_dir() / "logs" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
