@@ -224,7 +224,7 @@ def _request(settings: dict):
     import shlex
 
     from launcher.planner import PlanRequest
-    from launcher.planning import Target
+    from launcher.prepare import Target
 
     v = {k: s.value for k, s in settings.items()}
     req = PlanRequest(headroom=v["headroom"], max_model_len=v["max_model_len"],
@@ -246,7 +246,7 @@ def _request(settings: dict):
 def _secrets(settings: dict) -> list[str]:
     import shlex
 
-    from launcher.settings import secret_flag_values, secrets_from_env
+    from launcher.redact import secret_flag_values, secrets_from_env
 
     extra = settings.get("engine_args")
     try:
@@ -257,7 +257,7 @@ def _secrets(settings: dict) -> list[str]:
 
 
 def _settings_json(settings: dict) -> dict:
-    from launcher.settings import redact_obj
+    from launcher.redact import redact_obj
 
     return redact_obj({k: s.to_json() for k, s in settings.items()}, _secrets(settings))
 
@@ -276,11 +276,11 @@ def _print_settings(settings: dict) -> None:
 
 
 def _plan_and_print(model: str, settings: dict, *, json_out: bool, explain: bool) -> None:
-    from launcher.planning import build_plan
+    from launcher.prepare import build_plan
 
     req, target = _request(settings)
     p = build_plan(model, req, target)
-    from launcher.settings import redact_obj
+    from launcher.redact import redact_obj
 
     p.settings = _settings_json(settings)
     out = redact_obj(p.to_json(), _secrets(settings))

@@ -15,7 +15,7 @@ from launcher.hardware.nvml import RawSystem, build_inventory
 from launcher.memory import kv as kvm
 from launcher.models.resolve import resolve_model
 from launcher.planner import PlanRequest
-from launcher.planning import Target, build_plan
+from launcher.prepare import Target, build_plan
 from launcher.units import GiB
 
 NVML = Path(__file__).parent / "data" / "nvml"

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from launcher.settings import redact, redact_obj, secret_flag_values, settle
+from launcher.redact import redact, redact_obj, secret_flag_values
+from launcher.settings import settle
 
 
 def _plan(tmp: Path, *args: str, env: dict[str, str] | None = None) -> dict:

@@ -16,8 +16,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from launcher.api.metrics import render
 from launcher.api.page import render_page
-from launcher.api.state import ControlState
-from launcher.settings import redact_obj
+from launcher.redact import redact_obj
+from launcher.runtime.state import ControlState
 
 
 def create_app(state: ControlState, token: str | None = None) -> FastAPI:

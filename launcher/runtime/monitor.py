@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import psutil
 
-from launcher.api.state import ControlState, LiveDevice
+from launcher.runtime.state import ControlState, LiveDevice
 from launcher.units import GiB
 
 

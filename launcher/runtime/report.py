@@ -61,7 +61,7 @@ class Report:
 
     def to_json(self) -> dict:
         final = self.final
-        from launcher.settings import redact_obj
+        from launcher.redact import redact_obj
 
         return redact_obj({
             "schema": SCHEMA, "model": self.model, "verdict": self.verdict,

@@ -22,16 +22,17 @@ from pathlib import Path
 import httpx
 from rich.console import Console
 
-from launcher.api.state import ControlState
 from launcher.engines.vllm import EngineCommand
 from launcher.engines.vllm_log import Failure, Phase, classify_failure, important_lines
 from launcher.errors import EngineStartError, InputError, LauncherError, VerificationError
 from launcher.paths import cache_dir
 from launcher.planner import PlanRequest
-from launcher.planning import Target, build_plan
+from launcher.prepare import Target, build_plan
+from launcher.redact import redact_obj, secret_flag_values, secrets_from_env
 from launcher.runtime.backoff import next_step
 from launcher.runtime.monitor import HeadroomMonitor, sampler
 from launcher.runtime.report import Attempt, Report
+from launcher.runtime.state import ControlState
 from launcher.runtime.supervisor import EngineProcess
 from launcher.runtime.verify import verify
 from launcher.runtime.warmup import (
@@ -42,7 +43,6 @@ from launcher.runtime.warmup import (
     wait_healthy,
     warm_up,
 )
-from launcher.settings import redact_obj, secret_flag_values, secrets_from_env
 from launcher.units import GiB
 
 # Niceness of a CPU engine (whose compute saturates every core) relative to the launcher.
@@ -188,7 +188,7 @@ class _Writer:
 
 def _live_inventory(target: Target):
     def read() -> dict:
-        from launcher.planning import resolve_devices
+        from launcher.prepare import resolve_devices
 
         device, devices, source, notes = resolve_devices(
             Target(device=target.device, inventory_file=None))

@@ -23,7 +23,7 @@ import psutil
 
 from launcher.engines.vllm import EngineCommand
 from launcher.engines.vllm_log import LogParser, Phase
-from launcher.settings import redact
+from launcher.redact import redact
 
 
 class EngineProcess:

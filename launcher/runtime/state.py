@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from launcher.settings import redact_obj
+from launcher.redact import redact_obj
 
 
 @dataclass
