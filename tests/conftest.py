@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CALIBRATION = ROOT.parent / "shared" / "calibration"
+CALIBRATION = ROOT / "calibration"
 CONFIGS = ROOT / "tests" / "data" / "configs"
 
 

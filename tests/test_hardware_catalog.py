@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import pytest
+from conftest import CALIBRATION
 
 from launcher.errors import InputError, UnknownGpuError
 from launcher.hardware.catalog import (
@@ -18,7 +18,7 @@ from launcher.hardware.catalog import (
 from launcher.paths import profiles_dir
 from launcher.units import GiB, MiB
 
-CALIBRATION = Path("/work/shared/calibration/vllm-memory-reports.csv")
+MEMORY_REPORTS = CALIBRATION / "vllm-memory-reports.csv"
 REQUIRED = ["T4", "A10", "A10G", "L4", "L40S", "A100-40GB", "A100-80GB", "H100-80GB",
             "H100-94GB", "H200", "H20", "B200", "RTX3090", "RTX4090", "RTX5090"]
 
@@ -57,7 +57,7 @@ def test_h100_matches_the_design_figures() -> None:
 
 def _calibration_totals() -> dict[str, list[float]]:
     totals: dict[str, list[float]] = {}
-    with CALIBRATION.open(newline="") as f:
+    with MEMORY_REPORTS.open(newline="") as f:
         for row in csv.DictReader(f):
             if not row["gpu_total_gib"]:
                 continue
@@ -68,7 +68,6 @@ def _calibration_totals() -> dict[str, list[float]]:
     return totals
 
 
-@pytest.mark.skipif(not CALIBRATION.exists(), reason="shared calibration data not present")
 def test_catalog_totals_agree_with_real_vllm_reports() -> None:
     """Each catalog total is within 0.1 GiB of some vLLM-reported total for that GPU."""
     totals = _calibration_totals()
