@@ -5,9 +5,14 @@ profile variants), plan, and attach the engine command. Used by `launcher plan`,
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
+from launcher.hardware.inventory import GpuInfo
+from launcher.memory.calibration import Device
+from launcher.models.spec import ModelSpec
 from launcher.planner import Plan, PlanRequest
 from launcher.planner import plan as make_plan
 
@@ -26,7 +31,7 @@ class Target:
     engine_args: tuple[str, ...] = ()  # passthrough vLLM flags, checked against the plan
 
 
-def model_ref(spec) -> str | None:
+def model_ref(spec: ModelSpec) -> str | None:
     """What the engine's `--model` gets: the local directory, else the repo id."""
     if spec.source.startswith("local:"):
         return spec.source.split(":", 1)[1]
@@ -40,8 +45,15 @@ def served_name(model: str) -> str | None:
     return model
 
 
-def resolve_devices(target: Target):
-    """(device, devices to plan on, inventory source, notes).
+class ResolvedDevices(NamedTuple):
+    device: Device
+    devices: list[GpuInfo]
+    source: str  # where the readings came from: nvml, simulated:…, file:…, host:…
+    notes: list[str]
+
+
+def resolve_devices(target: Target) -> ResolvedDevices:
+    """The device kind, the devices to plan on, where they were read, and notes.
 
     `auto` is the GPUs NVML sees, else (no driver, or no GPU) the CPU backend on host memory.
     `--gpus`/`--inventory-file` describe GPUs unless `--device cpu` asks for the snapshot's host.
@@ -64,41 +76,41 @@ def resolve_devices(target: Target):
                                  fix="Record it with `launcher gpus --json` on the host.")
             mem = NodeMemory(0, inv.host.total_ram_bytes, inv.host.available_ram_bytes,
                              f"file:{target.inventory_file}")
-            return "cpu", [cpu_device(mem)], mem.source, []
+            return ResolvedDevices(Device.CPU, [cpu_device(mem)], mem.source, [])
         mem = read_node_memory()
-        return "cpu", [cpu_device(mem)], f"host:{mem.source}", []
+        return ResolvedDevices(Device.CPU, [cpu_device(mem)], f"host:{mem.source}", [])
     if target.gpus or target.inventory_file or target.device == "cuda":
         inv = get_inventory(gpus=target.gpus, inventory_file=target.inventory_file)
-        return "cuda", list(inv.gpus), inv.source, list(inv.assumptions)
+        return ResolvedDevices(Device.CUDA, list(inv.gpus), inv.source, list(inv.assumptions))
     try:
         inv = get_inventory()
     except HardwareError as e:
         mem = read_node_memory()
-        return "cpu", [cpu_device(mem)], f"host:{mem.source}", [
-            f"no GPU ({e.message.rstrip('.')}): planning for vLLM's CPU backend on host memory"]
+        return ResolvedDevices(Device.CPU, [cpu_device(mem)], f"host:{mem.source}", [
+            f"no GPU ({e.message.rstrip('.')}): planning for vLLM's CPU backend on host memory"])
     if not inv.gpus:
         mem = read_node_memory()
-        return "cpu", [cpu_device(mem)], f"host:{mem.source}", [
-            "NVML sees no GPU: planning for vLLM's CPU backend on host memory"]
-    return "cuda", list(inv.gpus), inv.source, list(inv.assumptions)
+        return ResolvedDevices(Device.CPU, [cpu_device(mem)], f"host:{mem.source}", [
+            "NVML sees no GPU: planning for vLLM's CPU backend on host memory"])
+    return ResolvedDevices(Device.CUDA, list(inv.gpus), inv.source, list(inv.assumptions))
 
 
-def build_plan(model: str, req: PlanRequest, target: Target, devices=None) -> Plan:
+def build_plan(model: str, req: PlanRequest, target: Target,
+               devices: Sequence[GpuInfo] | None = None) -> Plan:
     """Plan `model`; `devices` replaces the inventory (a relaunch re-plans on memory the
     engine measured)."""
-    from dataclasses import replace
-
+    from launcher.engines.calibration import calibration_for
     from launcher.engines.version import choose_version
-    from launcher.engines.vllm import command
+    from launcher.engines.vllm import command, merge_engine_args
+    from launcher.errors import InputError
     from launcher.hardware.catalog import simulated_inventory
-    from launcher.memory.overheads import calibration_for
     from launcher.models.profiles import find_profile
     from launcher.models.resolve import resolve_model
 
     if devices is None:
         device, devices, source, notes = resolve_devices(target)
     else:
-        device = "cpu" if devices[0].is_cpu else "cuda"
+        device = Device.CPU if devices[0].is_cpu else Device.CUDA
         source, notes = "measured by the engine", []
     req = replace(req, device=device)
     version, version_source = choose_version(target.engine_version, device)
@@ -107,7 +119,7 @@ def build_plan(model: str, req: PlanRequest, target: Target, devices=None) -> Pl
     req.check(spec.max_position_embeddings)
     profile = find_profile(model) if not Path(model).expanduser().exists() else None
     templates = list(devices[:1])
-    if device == "cuda":
+    if device == Device.CUDA:
         h100 = simulated_inventory("1xH100-80GB").gpus[0]
         if not templates or templates[0].name != h100.name:
             templates.append(h100)
@@ -115,18 +127,14 @@ def build_plan(model: str, req: PlanRequest, target: Target, devices=None) -> Pl
                   variants=profile.variants if profile else (), model_ref=model_ref(spec),
                   engine_version_source=f"{version} ({version_source})", templates=templates,
                   inventory_source=source)
-    p.notes.extend(notes)
-    if p.feasible:
-        from launcher.engines.vllm import merge_engine_args
-        from launcher.errors import InputError
-
-        cmd = command(p, python=target.engine_python or sys.executable, host=target.host,
-                      port=target.port, served_model_name=served_name(model))
-        try:
-            argv = merge_engine_args(cmd.argv, list(target.engine_args))
-        except ValueError as e:
-            raise InputError(f"LAUNCHER_ENGINE_ARGS / --engine-args: {e}",
-                             fix="Set planned values with the launcher's own options (they "
-                                 "are budgeted); pass only flags the plan does not decide.") from e
-        p.engine = replace(cmd, argv=argv).to_json()
-    return p
+    p = replace(p, notes=(*p.notes, *notes))
+    if not p.feasible:
+        return p
+    cmd = command(p, python=target.engine_python or sys.executable, host=target.host,
+                  port=target.port, served_model_name=served_name(model))
+    try:
+        return p.with_engine(merge_engine_args(cmd, target.engine_args))
+    except ValueError as e:
+        raise InputError(f"LAUNCHER_ENGINE_ARGS / --engine-args: {e}",
+                         fix="Set planned values with the launcher's own options (they "
+                             "are budgeted); pass only flags the plan does not decide.") from e

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from launcher.hardware.catalog import simulated_inventory
 from launcher.memory.estimate import EngineFlags, estimate
-from launcher.memory.overheads import calibration_for
+from launcher.engines.calibration import calibration_for
 from launcher.models.config import spec_from_config
 from launcher.planner import PlanRequest, plan
 
@@ -72,29 +72,31 @@ def test_feasible_plans_start_under_the_estimator_and_keep_headroom(spec, gpus, 
         assert p.reason and p.chosen is None and p.suggestions
         return
     c = p.chosen
-    d = p.decision()
+    d = p.decision
+    assert c is not None and d is not None
     flags = EngineFlags(
         tensor_parallel_size=c.tp, pipeline_parallel_size=c.pp, data_parallel_size=c.dp,
-        quantization=c.option.quantization_flag, kv_cache_dtype=d["kv_cache_dtype"],
-        max_model_len=d["max_model_len"], max_num_seqs=d["max_num_seqs"],
-        max_num_batched_tokens=d["max_num_batched_tokens"],
-        gpu_memory_utilization=d["gpu_memory_utilization"],
-        kv_cache_memory_bytes=d["kv_cache_memory_bytes"], enforce_eager=d["enforce_eager"])
-    est = estimate(c.option.spec, c.gpus, flags, CAL)
+        quantization=c.option.quantization_flag, kv_cache_dtype=d.kv_cache_dtype,
+        max_model_len=d.max_model_len, max_num_seqs=d.max_num_seqs,
+        max_num_batched_tokens=d.max_num_batched_tokens,
+        gpu_memory_utilization=d.gpu_memory_utilization,
+        kv_cache_memory_bytes=d.kv_cache_memory_bytes, enforce_eager=d.enforce_eager)
+    est = estimate(c.option.spec, list(c.gpus), flags, CAL)
     assert est.starts, est.error
     assert est.max_concurrency is not None and est.max_concurrency >= req.min_concurrency
     for b in p.budgets:
         assert b.planned_total <= b.limit_bytes
         # the estimator's own peak for this GPU's pipeline stage agrees
         assert b.planned["other"] + est.stages[b.stage].peak_used_bytes <= b.limit_bytes
-        assert b.planned["kv_cache"] == d["kv_cache_memory_bytes"] > 0
+        assert b.planned["kv_cache"] == d.kv_cache_memory_bytes > 0
     assert c.max_model_len <= spec.max_position_embeddings
     assert c.tp * c.pp * c.dp <= len(gpus)
     # vLLM's start-up gate: free ≥ U·T on every GPU used
     ctx = CAL.context_bytes(c.tp, c.pp)
     for g in c.gpus:
-        assert g.total_bytes - g.used_bytes - ctx >= d["gpu_memory_utilization"] * g.total_bytes
-    assert d["gpu_memory_utilization"] <= 1 - req.headroom + 1e-9
+        assert g.total_bytes - g.used_bytes - ctx >= d.gpu_memory_utilization * g.total_bytes
+    assert d.gpu_memory_utilization is not None
+    assert d.gpu_memory_utilization <= 1 - req.headroom + 1e-9
     cap = p.to_json()["capacity"]
     assert cap["full_length_sequences_per_replica"] >= req.min_concurrency
     assert cap["kv_tokens_per_replica"] >= req.min_concurrency * c.max_model_len

@@ -57,8 +57,8 @@ def test_tied_embedding_is_held_again_by_the_last_pp_stage() -> None:
 
 
 def test_hybrid_groups_pad_like_vllm() -> None:
-    geo = kvm.geometry(spec("google--gemma-3-27b-it"), tp=1, pp=1, kv_bytes=2)
+    geo = kvm.geometry(spec("google--gemma-3-27b-it"), tp=1, pp=1, kv_bytes=2, block_size=16)
     # 52 sliding + 10 full → groups of 10: 6 sliding groups (padded) + 1 full
     assert geo.group_size == 10 and geo.num_groups == 7
-    geo = kvm.geometry(spec("openai--gpt-oss-20b"), tp=1, pp=1, kv_bytes=2)
+    geo = kvm.geometry(spec("openai--gpt-oss-20b"), tp=1, pp=1, kv_bytes=2, block_size=16)
     assert geo.group_size == 12 and geo.num_groups == 2

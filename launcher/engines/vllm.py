@@ -7,80 +7,50 @@ explicit so vLLM's own defaults never decide anything.
 
 from __future__ import annotations
 
-import shlex
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import replace
 
-from launcher.planner.plan import Plan
+from launcher.memory.calibration import Device
+from launcher.planner.plan import EngineCommand, Plan
 
 ENTRYPOINT = "vllm.entrypoints.openai.api_server"
 
 
-# Inherited variables that would override the planned numbers: on the CPU backend
-# VLLM_CPU_KVCACHE_SPACE replaces --kv-cache-memory-bytes (platforms/cpu.py).
-# LAUNCHER_API_TOKEN guards the launcher's API; the engine has no use for it.
-UNSET = ("VLLM_CPU_KVCACHE_SPACE", "LAUNCHER_API_TOKEN")
-
-
-@dataclass(frozen=True)
-class EngineCommand:
-    argv: list[str]
-    env: dict[str, str]  # set on top of the launcher's environment
-    unset: tuple[str, ...] = UNSET  # removed from it
-
-    def environment(self, base: dict[str, str]) -> dict[str, str]:
-        env = {k: v for k, v in base.items() if k not in self.unset}
-        env.update(self.env)
-        return env
-
-    def shell(self) -> str:
-        env = " ".join([*(f"-u {k}" for k in self.unset),
-                        *(f"{k}={shlex.quote(v)}" for k, v in self.env.items())])
-        return "env " + env + " " + shlex.join(self.argv)
-
-    def to_json(self) -> dict:
-        return {"argv": self.argv, "env": self.env, "unset": list(self.unset),
-                "shell": self.shell()}
-
-
 def command(plan: Plan, *, python: str, host: str = "127.0.0.1", port: int = 8000,
-            served_model_name: str | None = None, device: str | None = None,
-            extra_args: tuple[str, ...] = ()) -> EngineCommand:
+            served_model_name: str | None = None) -> EngineCommand:
     """The command that runs `plan`; raises ValueError for an infeasible plan."""
-    device = device or plan.request.get("device", "cuda")
-    d = plan.decision()
-    if d is None or plan.chosen is None:
+    d, c = plan.decision, plan.chosen
+    if d is None or c is None:
         raise ValueError("an infeasible plan has no engine command")
-    argv = [python, "-m", ENTRYPOINT, "--model", str(d["model"]),
-            "--host", host, "--port", str(port)]
+    argv = [python, "-m", ENTRYPOINT, "--model", str(d.model), "--host", host,
+            "--port", str(port)]
     if served_model_name:
         argv += ["--served-model-name", served_model_name]
-    argv += ["--dtype", str(d["dtype"])]
-    if plan.chosen.option.quantization_flag:
-        argv += ["--quantization", plan.chosen.option.quantization_flag]
-    argv += ["--kv-cache-dtype", str(d["kv_cache_dtype"]),
-             "--tensor-parallel-size", str(d["tensor_parallel_size"]),
-             "--pipeline-parallel-size", str(d["pipeline_parallel_size"]),
-             "--data-parallel-size", str(d["data_parallel_size"]),
-             "--max-model-len", str(d["max_model_len"]),
-             "--max-num-seqs", str(d["max_num_seqs"]),
-             "--max-num-batched-tokens", str(d["max_num_batched_tokens"]),
-             "--kv-cache-memory-bytes", str(d["kv_cache_memory_bytes"])]
-    if device == "cuda":
-        argv += ["--gpu-memory-utilization", f"{d['gpu_memory_utilization']:.2f}"]
-    if d["enforce_eager"]:
-        argv.append("--enforce-eager")
-    argv += list(extra_args)
+    argv += ["--dtype", d.dtype]
+    if c.option.quantization_flag:
+        argv += ["--quantization", c.option.quantization_flag]
+    argv += ["--kv-cache-dtype", d.kv_cache_dtype,
+             "--tensor-parallel-size", str(d.tensor_parallel_size),
+             "--pipeline-parallel-size", str(d.pipeline_parallel_size),
+             "--data-parallel-size", str(d.data_parallel_size),
+             "--max-model-len", str(d.max_model_len),
+             "--max-num-seqs", str(d.max_num_seqs),
+             "--max-num-batched-tokens", str(d.max_num_batched_tokens),
+             "--kv-cache-memory-bytes", str(d.kv_cache_memory_bytes)]
     env: dict[str, str] = {}
-    if device == "cuda":
+    if plan.device == Device.CUDA:
+        argv += ["--gpu-memory-utilization", f"{d.gpu_memory_utilization:.2f}"]
         env["CUDA_VISIBLE_DEVICES"] = visible_devices(plan)
-    return EngineCommand(argv, env)
+    if d.enforce_eager:
+        argv.append("--enforce-eager")
+    return EngineCommand(tuple(argv), env)
 
 
 def visible_devices(plan: Plan) -> str:
     """CUDA_VISIBLE_DEVICES for the planned GPUs: UUIDs where NVML gave them, because a UUID
     names the same GPU whatever CUDA_VISIBLE_DEVICES / CUDA_DEVICE_ORDER the launcher itself
     ran under; plain indices for simulated GPUs."""
-    gpus = plan.chosen.gpus if plan.chosen else []
+    gpus = plan.chosen.gpus if plan.chosen else ()
     if gpus and all(g.uuid for g in gpus):
         return ",".join(str(g.uuid) for g in gpus)
     return ",".join(str(g.index) for g in gpus)
@@ -134,10 +104,11 @@ def _pairs(args: list[str]) -> list[tuple[str, str | None]]:
     return out
 
 
-def merge_engine_args(argv: list[str], extra: list[str]) -> list[str]:
-    """`argv` plus the passthrough flags, refusing any that contradict the plan.
+def merge_engine_args(cmd: EngineCommand, extra: Sequence[str]) -> EngineCommand:
+    """`cmd` plus the passthrough flags, refusing any that contradict the plan.
 
     Raises ValueError with the reason; the caller turns it into a user-facing error."""
+    argv = list(cmd.argv)
     result = list(argv)
     for flag, value in _pairs(list(extra)):
         name = _canonical(flag)
@@ -162,4 +133,4 @@ def merge_engine_args(argv: list[str], extra: list[str]) -> list[str]:
         result.append(flag)
         if value is not None:
             result.append(value)
-    return result
+    return replace(cmd, argv=tuple(result))

@@ -15,17 +15,16 @@ every stage for callers that want them.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from launcher.hardware.inventory import GpuInfo
+from launcher.memory import capability
 from launcher.memory import kv as kvm
-from launcher.memory.overheads import (
-    EngineCalibration,
-    activation_bytes,
-    cuda_graph_bytes,
-)
+from launcher.memory.budget import kv_budget
+from launcher.memory.calibration import EngineCalibration
+from launcher.memory.overheads import activation_bytes, cuda_graph_bytes
 from launcher.memory.tensors import synthesize
-from launcher.memory.weights import padded_vocab, pp_layer_ranges, weights_per_rank
+from launcher.memory.weights import RankWeights, padded_vocab, pp_layer_ranges, weights_per_rank
 from launcher.models.spec import DTYPE_SIZE, TORCH_DTYPES, ModelSpec
 from launcher.units import GiB
 
@@ -51,7 +50,7 @@ class EngineFlags:
     enforce_eager: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class StageEstimate:
     stage: int
     layers: int
@@ -79,8 +78,8 @@ class Estimate:
     engine_version_source: str
     gpu_name: str
     total_bytes: int
-    flags: dict
-    resolved: dict = field(default_factory=dict)  # defaults vLLM would pick, with why
+    flags: dict[str, object]
+    resolved: dict[str, object] = field(default_factory=dict)  # defaults vLLM would pick, with why
     stages: list[StageEstimate] = field(default_factory=list)
     max_concurrency: float | None = None
     notes: list[str] = field(default_factory=list)
@@ -91,7 +90,7 @@ class Estimate:
             return None
         return min(self.stages, key=lambda s: (s.kv_cache_bytes, -s.peak_used_bytes))
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, object]:
         w = self.worst
 
         def g(n: int | None) -> float | None:
@@ -127,13 +126,13 @@ class Refusal(Exception):
 
 def batch_defaults(gpu: GpuInfo, cal: EngineCalibration) -> tuple[int, int, str]:
     """vLLM's `get_batch_defaults` for the OpenAI server: by NVML total and device name."""
-    tiers = cal.raw["batch_defaults"]
+    tiers = cal.batch_defaults
     nvml_total = gpu.nvml_total_bytes or gpu.total_bytes
-    big = nvml_total >= tiers["large_gpu_min_gib"] * GiB and "a100" not in gpu.name.lower()
-    t = tiers["large"] if big else tiers["small"]
-    why = (f"{'≥' if big else '<'} {tiers['large_gpu_min_gib']} GiB"
+    big = nvml_total >= tiers.large_gpu_min_gib * GiB and "a100" not in gpu.name.lower()
+    t = tiers.large if big else tiers.small
+    why = (f"{'≥' if big else '<'} {tiers.large_gpu_min_gib:g} GiB"
            + (" (and not an A100)" if big else "") + " GPU tier")
-    return int(t["max_num_batched_tokens"]), int(t["max_num_seqs"]), why
+    return t.max_num_batched_tokens, t.max_num_seqs, why
 
 
 def estimate(spec: ModelSpec, gpus: list[GpuInfo], flags: EngineFlags, cal: EngineCalibration,
@@ -157,7 +156,8 @@ def estimate(spec: ModelSpec, gpus: list[GpuInfo], flags: EngineFlags, cal: Engi
 def _serve_dtype(spec: ModelSpec, flags: EngineFlags, gpu: GpuInfo, notes: list[str]) -> str:
     dtype = spec.dtype if flags.dtype in ("auto", None) else \
         TORCH_DTYPES.get(flags.dtype.lower(), flags.dtype)
-    if dtype == "bfloat16" and gpu.compute_capability < (8, 0) and not gpu.is_cpu:
+    if dtype == "bfloat16" and not capability.supports_bf16(gpu.compute_capability) \
+            and not gpu.is_cpu:
         if flags.dtype in ("auto", None):
             notes.append("bfloat16 model on compute capability < 8.0: vLLM casts to float16")
             dtype = "float16"
@@ -170,7 +170,8 @@ def _serve_dtype(spec: ModelSpec, flags: EngineFlags, gpu: GpuInfo, notes: list[
     return dtype
 
 
-def _quant_bits(spec: ModelSpec, flags: EngineFlags, gpu: GpuInfo) -> tuple[float | None, str]:
+def _quant_bits(spec: ModelSpec, flags: EngineFlags, gpu: GpuInfo,
+                cal: EngineCalibration) -> tuple[float | None, str]:
     """(bits of quantized layers, scope) from the checkpoint or an online method."""
     q = spec.quantization
     want = flags.quantization
@@ -182,20 +183,24 @@ def _quant_bits(spec: ModelSpec, flags: EngineFlags, gpu: GpuInfo) -> tuple[floa
                 f"match the quantization method specified in the `quantization` argument "
                 f"({want}).")
         if q.method in ("fp8",) or (q.scheme and "fp8" in q.scheme):
-            _check_capability(gpu, (8, 0), "fp8")
+            _check_capability(gpu, cal, "fp8")
         return q.weight_bits, "experts" if q.method == "mxfp4" else "linear"
     if want:
         if want not in ONLINE_QUANT_BITS:
             raise Refusal(f"Quantization method {want!r} needs a pre-quantized checkpoint; "
                            f"{spec.name} is not quantized.")
         if want.startswith("fp8"):
-            _check_capability(gpu, (8, 0), "fp8")
+            _check_capability(gpu, cal, "fp8")
         return ONLINE_QUANT_BITS[want], "online"
     return None, "none"
 
 
-def _check_capability(gpu: GpuInfo, need: tuple[int, int], method: str) -> None:
-    if gpu.compute_capability < need:
+def _check_capability(gpu: GpuInfo, cal: EngineCalibration, method: str) -> None:
+    need = cal.min_capability_for(method)
+    if need is None:
+        raise Refusal(f"Unknown quantization method: {method}. Must be one of "
+                      f"{sorted(cal.min_capability)}.")
+    if gpu.compute_capability < need and not gpu.is_cpu:
         cap = gpu.compute_capability[0] * 10 + gpu.compute_capability[1]
         raise Refusal(f"The quantization method {method} is not supported for the current GPU. "
                        f"Minimum capability: {need[0] * 10 + need[1]}. Current capability: {cap}.")
@@ -211,7 +216,7 @@ def validate_shape(spec: ModelSpec, tp: int, pp: int, max_model_len: int) -> Non
         raise Refusal(f"{max(tp, kv)} is not divisible by {min(tp, kv)}: the model's "
                        f"{kv} KV heads cannot be split or replicated over tensor parallel "
                        f"size {tp}.")
-    padded = math.ceil(spec.vocab_size / 64) * 64
+    padded = padded_vocab(spec.vocab_size)
     if padded % tp:
         raise Refusal(f"{padded} is not divisible by {tp}: the padded vocabulary cannot be "
                        "split over tensor parallel ranks.")
@@ -229,7 +234,7 @@ def validate_shape(spec: ModelSpec, tp: int, pp: int, max_model_len: int) -> Non
             "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1.")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Costs:
     """Everything but the KV cache, for the GPUs of one replica (worst GPU decides)."""
 
@@ -243,14 +248,14 @@ class Costs:
     requested_bytes: int  # ceil(U·T): vLLM's budget
     stages: list[StageEstimate]
     geometries: list[kvm.KvGeometry]
-    resolved: dict
+    resolved: dict[str, object]
 
 
-_RANKS: dict[tuple, tuple[ModelSpec, list]] = {}
+_RANKS: dict[tuple[object, ...], tuple[ModelSpec, list[RankWeights]]] = {}
 
 
 def _rank_weights(spec: ModelSpec, dtype: str, serve_size: int, bits: float | None, scope: str,
-                  tp: int, pp: int) -> list:
+                  tp: int, pp: int) -> list[RankWeights]:
     """weights_per_rank, memoized: the planner sizes the same model at many shapes.
 
     The cache keeps the spec alive beside its id, so an id is never reused while cached."""
@@ -258,11 +263,10 @@ def _rank_weights(spec: ModelSpec, dtype: str, serve_size: int, bits: float | No
     hit = _RANKS.get(key)
     if hit is not None and hit[0] is spec:
         return hit[1]
-    tensors = spec.tensors
     online = bits if scope == "online" else None
-    if tensors is None:
-        tensors = synthesize(spec, dtype, None if scope in ("none", "online") else bits,
-                             quant_scope="experts" if scope == "experts" else "linear")
+    tensors = spec.tensors if spec.tensors is not None else synthesize(
+        spec, dtype, None if scope in ("none", "online") else bits,
+        quant_scope="experts" if scope == "experts" else "linear")
     ranks = weights_per_rank(spec, tensors, tp=tp, pp=pp, serve_size=serve_size,
                              online_quant_bits=online)
     if len(_RANKS) > 512:
@@ -289,7 +293,7 @@ def costs(spec: ModelSpec, gpus: list[GpuInfo], flags: EngineFlags, cal: EngineC
     validate_shape(spec, tp, pp, max_model_len)
     dtype = _serve_dtype(spec, flags, gpu, notes)
     serve_size = DTYPE_SIZE[dtype]
-    bits, scope = _quant_bits(spec, flags, gpu)
+    bits, scope = _quant_bits(spec, flags, gpu, cal)
     kv_bytes = 1 if flags.kv_cache_dtype.startswith("fp8") else serve_size
 
     # Batch sizes: vLLM's tier defaults, then its own clamps.
@@ -348,24 +352,17 @@ def _run(spec: ModelSpec, gpus: list[GpuInfo], flags: EngineFlags, cal: EngineCa
     c = costs(spec, gpus, flags, cal, est.notes)
     est.gpu_name, est.total_bytes = c.gpu.name, c.gpu.total_bytes
     est.resolved = c.resolved
-    est.stages = c.stages
     requested, util, tokens, max_model_len = (c.requested_bytes, c.gpu_memory_utilization,
                                               c.max_num_batched_tokens, c.max_model_len)
-    for s in c.stages:
-        if flags.kv_cache_memory_bytes is not None:
-            s.kv_cache_bytes = flags.kv_cache_memory_bytes
-        else:
-            s.kv_cache_bytes = requested - s.weights_bytes - s.activation_bytes - s.non_torch_bytes
-            if cal.subtract_cuda_graph_estimate:
-                s.kv_cache_bytes -= s.cuda_graph_bytes
+    kv = [vllm_kv_cache_bytes(s, requested, flags.kv_cache_memory_bytes, cal)
+          for s in c.stages]
     # vLLM gives every pipeline stage the smallest block count of all stages.
-    blocks = min(kvm.num_blocks(g, max(0, s.kv_cache_bytes))
-                 for g, s in zip(c.geometries, c.stages, strict=True))
-    for g, s in zip(c.geometries, c.stages, strict=True):
-        s.num_blocks = blocks
-        s.kv_cache_tokens = (blocks // g.num_groups) * g.block_size
-    worst_i = min(range(len(c.stages)), key=lambda i: c.stages[i].kv_cache_bytes)
-    worst, geo = c.stages[worst_i], c.geometries[worst_i]
+    blocks = min(kvm.num_blocks(g, max(0, k)) for g, k in zip(c.geometries, kv, strict=True))
+    est.stages = [replace(s, kv_cache_bytes=k, num_blocks=blocks,
+                          kv_cache_tokens=(blocks // g.num_groups) * g.block_size)
+                  for s, k, g in zip(c.stages, kv, c.geometries, strict=True)]
+    worst_i = min(range(len(est.stages)), key=lambda i: est.stages[i].kv_cache_bytes)
+    worst, geo = est.stages[worst_i], c.geometries[worst_i]
     if worst.kv_cache_bytes <= 0:
         raise Refusal(
             "No available memory for the cache blocks. Try increasing `gpu_memory_utilization` "
@@ -384,6 +381,19 @@ def _run(spec: ModelSpec, gpus: list[GpuInfo], flags: EngineFlags, cal: EngineCa
             "`gpu_memory_utilization` or decreasing `max_model_len` when initializing the "
             "engine.")
     est.max_concurrency = blocks / kvm.blocks_per_request(geo, max_model_len, tokens)
+
+
+def vllm_kv_cache_bytes(stage: StageEstimate, requested_bytes: int, explicit: int | None,
+                        cal: EngineCalibration) -> int:
+    """The KV cache vLLM sizes for one stage: `--kv-cache-memory-bytes` when given (vLLM then
+    skips its own sizing), else its budget U·T less weights, activation peak and non-torch
+    memory, and less the CUDA-graph estimate in versions that take it out."""
+    if explicit is not None:
+        return explicit
+    spent = [stage.weights_bytes, stage.activation_bytes, stage.non_torch_bytes]
+    if cal.subtract_cuda_graph_estimate:
+        spent.append(stage.cuda_graph_bytes)
+    return kv_budget(requested_bytes, spent)
 
 
 def max_fitting_len(geo: kvm.KvGeometry, kv_cache: int, tokens: int, upper: int) -> int:

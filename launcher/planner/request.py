@@ -6,40 +6,46 @@ only ever answers "fits" or "does not fit" (exit 3).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import asdict, dataclass
 
 from launcher.errors import InputError
-
-Objective = Literal["throughput", "latency"]
-
-# Weight precisions a user can ask for by name; "auto" walks the ladder.
-QUANTIZATION_CHOICES = ("auto", "none", "fp8", "awq", "gptq", "bitsandbytes", "4bit")
-KV_CHOICES = ("auto", "fp8")
-DEFAULT_MIN_CONTEXT = 4096
+from launcher.memory.calibration import Device
+from launcher.policy import (
+    DEFAULT_HEADROOM,
+    DEFAULT_MIN_CONCURRENCY,
+    DEFAULT_MIN_CONTEXT,
+    KV_CACHE_DTYPE_CHOICES,
+    MAX_HEADROOM,
+    OBJECTIVES,
+    QUANTIZATION_CHOICES,
+)
 
 
 @dataclass(frozen=True)
 class PlanRequest:
-    headroom: float = 0.2
+    headroom: float = DEFAULT_HEADROOM
     max_model_len: int | None = None  # cap; None = the model's maximum
     min_context: int | None = None  # floor when shortening; None = min(4096, model maximum)
-    min_concurrency: int = 8  # full-length sequences per replica
-    quantization: str = "auto"
+    min_concurrency: int = DEFAULT_MIN_CONCURRENCY  # full-length sequences per replica
+    quantization: str = "auto"  # one of QUANTIZATION_CHOICES; auto walks the ladder
     kv_cache_dtype: str = "auto"  # auto = the planner may step down to fp8
     tp: int | None = None  # None = auto
     pp: int | None = None
-    objective: Objective = "throughput"
+    objective: str = "throughput"  # one of OBJECTIVES
     enforce_eager: bool = False
-    device: str = "cuda"  # "cuda" or "cpu" (vLLM's CPU backend, budget = host memory)
+    device: Device = Device.CUDA  # CPU: vLLM's CPU backend, budget = host memory
     # Bytes per device added to the runtime budget: the correction a failed launch taught
     # (the memory model underestimated by this much); 0 for a first plan.
     reserve_bytes: int = 0
 
+    def __post_init__(self) -> None:
+        if self.device in tuple(Device):  # a plain "cpu" from a caller becomes the enum
+            object.__setattr__(self, "device", Device(self.device))
+
     def check(self, model_max_len: int) -> None:
         """Raise InputError for options that contradict each other or the model."""
-        if not 0 <= self.headroom <= 0.9:
-            raise InputError(f"--headroom {self.headroom} is outside [0, 0.9]",
+        if not 0 <= self.headroom <= MAX_HEADROOM:
+            raise InputError(f"--headroom {self.headroom} is outside [0, {MAX_HEADROOM}]",
                              fix="Give the fraction of each GPU that stays free, e.g. 0.2.")
         if self.min_concurrency < 1:
             raise InputError(f"--min-concurrency {self.min_concurrency} is below 1",
@@ -48,16 +54,16 @@ class PlanRequest:
             raise InputError(f"--quantization {self.quantization!r} is not one of "
                              f"{', '.join(QUANTIZATION_CHOICES)}",
                              fix="Use auto to let the planner choose.")
-        if self.kv_cache_dtype not in KV_CHOICES:
+        if self.kv_cache_dtype not in KV_CACHE_DTYPE_CHOICES:
             raise InputError(f"--kv-cache-dtype {self.kv_cache_dtype!r} is not auto or fp8",
                              fix="Use auto (planner decides) or fp8.")
-        if self.objective not in ("throughput", "latency"):
+        if self.objective not in OBJECTIVES:
             raise InputError(f"--objective {self.objective!r} is not throughput or latency",
                              fix="Use --objective throughput or --objective latency.")
-        if self.device not in ("cuda", "cpu"):
+        if self.device not in tuple(Device):
             raise InputError(f"--device {self.device!r} is not cuda or cpu",
                              fix="Use --device auto, cuda or cpu.")
-        if self.device == "cpu" and ((self.tp or 1) > 1 or (self.pp or 1) > 1):
+        if self.device == Device.CPU and ((self.tp or 1) > 1 or (self.pp or 1) > 1):
             raise InputError("--tp/--pp above 1 on the CPU backend",
                              fix="The launcher runs vLLM's CPU backend on one NUMA node; use "
                                  "--tp 1 --pp 1.")
@@ -95,3 +101,6 @@ class PlanRequest:
         cap = self.context_cap(model_max_len)
         floor = self.min_context if self.min_context is not None else DEFAULT_MIN_CONTEXT
         return min(floor, cap)
+
+    def to_json(self) -> dict[str, object]:
+        return {**asdict(self), "device": str(self.device)}
