@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.planner import PlanRequest
-from launcher.planner import schema
+from launcher.planner import PlanRequest, schema
 from launcher.prepare import Target, build_plan
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "plan-json.md"

@@ -13,9 +13,9 @@ from dataclasses import replace
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from launcher.engines.calibration import calibration_for
 from launcher.hardware.catalog import simulated_inventory
 from launcher.memory.estimate import EngineFlags, estimate
-from launcher.engines.calibration import calibration_for
 from launcher.models.config import spec_from_config
 from launcher.planner import PlanRequest, plan
 

@@ -14,9 +14,14 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from launcher.errors import InputError
 from launcher.paths import cache_dir
+
+if TYPE_CHECKING:
+    import numpy as np
+    from tokenizers import Tokenizer
 
 FORMAT_VERSION = 1
 SPECIAL = ["<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
@@ -63,23 +68,22 @@ def _corpus() -> list[str]:
     texts: list[str] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecated aliases (typing.io) warn when touched
-        _collect(texts, importlib, inspect)
+        for name in _CORPUS_MODULES:
+            mod = importlib.import_module(name)
+            texts.append(inspect.getdoc(mod) or "")
+            for _, obj in sorted(vars(mod).items()):
+                doc = inspect.getdoc(obj) if callable(obj) else None
+                if doc:
+                    texts.append(doc)
     return texts
 
 
-def _collect(texts: list[str], importlib, inspect) -> None:
-    for name in ("json", "pathlib", "argparse", "collections", "functools", "itertools", "os",
-                 "re", "string", "textwrap", "http.client", "email.message", "csv", "random",
-                 "statistics", "datetime", "logging", "subprocess", "threading", "typing"):
-        mod = importlib.import_module(name)
-        texts.append(inspect.getdoc(mod) or "")
-        for _, obj in sorted(vars(mod).items()):
-            doc = inspect.getdoc(obj) if callable(obj) else None
-            if doc:
-                texts.append(doc)
+_CORPUS_MODULES = ("json", "pathlib", "argparse", "collections", "functools", "itertools", "os",
+                   "re", "string", "textwrap", "http.client", "email.message", "csv", "random",
+                   "statistics", "datetime", "logging", "subprocess", "threading", "typing")
 
 
-def _tokenizer(vocab: int):
+def _tokenizer(vocab: int) -> Tokenizer:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -91,7 +95,7 @@ def _tokenizer(vocab: int):
     return tok
 
 
-def _weights(config: dict, seed: int = 0) -> dict:
+def _weights(config: dict[str, Any], seed: int = 0) -> dict[str, np.ndarray]:
     import numpy as np
 
     rng = np.random.default_rng(seed)

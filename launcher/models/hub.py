@@ -20,7 +20,7 @@ import json
 import os
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,17 +43,17 @@ _NAME_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
 _REPO_ID = re.compile(rf"^{_NAME_PART}/{_NAME_PART}$")
 
 
-@dataclass
+@dataclass(frozen=True)
 class HubModel:
     """What the Hub (or its local cache) told us about one repo, before normalization."""
 
     repo_id: str
     revision: str | None  # as requested; None = the default branch
     config: dict[str, Any]
-    tensors: list[TensorInfo] | None  # None: headers unavailable, count from architecture
+    tensors: tuple[TensorInfo, ...] | None  # None: headers unavailable, count from architecture
     snapshot_dir: Path | None
     from_cache: bool  # config.json came from the local HF cache without a network call
-    notes: list[str] = field(default_factory=list)
+    notes: tuple[str, ...] = ()
     commit: str | None = None  # the snapshot's commit hash, when known
 
 
@@ -111,10 +111,10 @@ def fetch_hub_model(
         repo_id=repo_id,
         revision=revision,
         config=config,
-        tensors=tensors,
+        tensors=None if tensors is None else tuple(tensors),
         snapshot_dir=snapshot_dir,
         from_cache=from_cache,
-        notes=notes,
+        notes=tuple(notes),
         commit=commit,
     )
 

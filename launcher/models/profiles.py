@@ -35,7 +35,6 @@ class Profile:
     config: dict[str, Any]
     params: int | None
     params_source: str | None
-    config_source: str | None
     path: Path
     variants: tuple[Variant, ...] = field(default=())
     implicit_defaults: dict[str, Any] = field(default_factory=dict)
@@ -55,16 +54,31 @@ def _load(path: Path) -> Profile:
         raise ModelConfigError(f"{path}: a profile needs a `config:` mapping",
                                fix="Copy the model's config.json keys under `config:`.")
     variants = tuple(Variant(str(v.get("name")), str(v.get("repo_id")),
-                             dict(v.get("quantization_config") or {}))
-                     for v in raw.get("variants") or [] if isinstance(v, dict))
-    aliases = tuple(str(a).lower() for a in raw.get("aliases") or [])
+                             _typed(v, "quantization_config", dict, path) or {})
+                     for v in _typed(raw, "variants", list, path) or [] if isinstance(v, dict))
+    aliases = tuple(str(a).lower() for a in _typed(raw, "aliases", list, path) or [])
+    params = _typed(raw, "params", int, path)
+    if params is not None and params < 1:
+        raise ModelConfigError(f"{path}: `params` is {params}, expected a positive count",
+                               fix="Correct the profile.")
     return Profile(key=path.stem, name=str(raw.get("name") or path.stem),
-                   aliases=aliases, repo_id=raw.get("repo_id"), config=raw.get("config") or {},
-                   params=raw.get("params"), params_source=raw.get("params_source"),
-                   config_source=raw.get("config_source"), path=path, variants=variants,
-                   implicit_defaults=dict(raw.get("implicit_defaults") or {}),
-                   local_dir=raw.get("local_dir"),
-                   launcher_defaults=dict(raw.get("launcher_defaults") or {}))
+                   aliases=aliases, repo_id=_typed(raw, "repo_id", str, path),
+                   config=raw.get("config") or {}, params=params,
+                   params_source=_typed(raw, "params_source", str, path), path=path,
+                   variants=variants,
+                   implicit_defaults=dict(_typed(raw, "implicit_defaults", dict, path) or {}),
+                   local_dir=_typed(raw, "local_dir", str, path),
+                   launcher_defaults=dict(_typed(raw, "launcher_defaults", dict, path) or {}))
+
+
+def _typed(raw: dict[str, Any], key: str, kind: type, path: Path) -> Any:
+    """`raw[key]` when absent (None) or of `kind` (a bool is not an int); else a named error."""
+    value = raw.get(key)
+    if value is None or (isinstance(value, kind) and not (isinstance(value, bool)
+                                                          and kind is not bool)):
+        return value
+    raise ModelConfigError(f"{path}: `{key}` is {value!r}, expected {kind.__name__}",
+                           fix="Correct the profile.")
 
 
 @functools.cache

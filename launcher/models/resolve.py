@@ -7,13 +7,15 @@ Hugging Face repo id. An unknown name fails with the closest profile names.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from launcher.errors import ModelConfigError, UnknownModelError
 from launcher.models.config import spec_from_config
 from launcher.models.profiles import closest_names, find_profile, profile_config
 from launcher.models.safetensors_meta import read_checkpoint
-from launcher.models.spec import ModelSpec
+from launcher.models.spec import ModelSpec, TensorInfo
 
 
 def resolve_model(name: str) -> ModelSpec:
@@ -35,11 +37,10 @@ def resolve_model(name: str) -> ModelSpec:
                 return spec_from_dir(local, name=profile.key)
         spec = spec_from_config(profile_config(profile), name=profile.key,
                                 source=f"profile:{profile.key}", origin=str(profile.path))
-        spec.repo_id = profile.repo_id
-        if profile.params:
-            spec.param_count = int(profile.params)
-            spec.param_count_source = profile.params_source or "profile"
-        return spec
+        if not profile.params:
+            return replace(spec, repo_id=profile.repo_id)
+        return replace(spec, repo_id=profile.repo_id, param_count=int(profile.params),
+                       param_count_source=profile.params_source or "profile")
     from launcher.models.hub import looks_like_repo_id
 
     if looks_like_repo_id(name):
@@ -48,10 +49,8 @@ def resolve_model(name: str) -> ModelSpec:
         hub = fetch_hub_model(name)
         spec = spec_from_config(hub.config, name=name, source=f"hub:{name}",
                                 origin=f"{name}/config.json")
-        spec.repo_id = name
-        _attach_tensors(spec, hub.tensors, f"hub:{name}")
-        spec.assumptions.extend(hub.notes)
-        return spec
+        spec = _with_tensors(replace(spec, repo_id=name), hub.tensors, f"hub:{name}")
+        return replace(spec, assumptions=(*spec.assumptions, *hub.notes))
     close = closest_names(name)
     raise UnknownModelError(
         f"Unknown model {name!r}: not a built-in profile, a local directory, or an org/name "
@@ -75,17 +74,19 @@ def spec_from_dir(path: Path, name: str | None = None) -> ModelSpec:
     except json.JSONDecodeError as e:
         raise ModelConfigError(f"{cfg_path}: not valid JSON (line {e.lineno}: {e.msg})",
                                fix="Restore the file from the model's repository.") from e
+    except (OSError, ValueError, RecursionError) as e:
+        # ValueError: bytes that are not UTF-8, or an integer literal too long to convert.
+        raise ModelConfigError(f"{cfg_path}: unreadable ({type(e).__name__}: {e})",
+                               fix="Restore the file from the model's repository.") from e
     spec = spec_from_config(config, name=name or path.name, source=f"local:{path}",
                             origin=str(cfg_path))
-    _attach_tensors(spec, read_checkpoint(path), str(path))
-    return spec
+    return _with_tensors(spec, read_checkpoint(path), str(path))
 
 
-def _attach_tensors(spec: ModelSpec, tensors, where: str) -> None:
-    if tensors:
-        spec.tensors = list(tensors)
-        spec.param_count = sum(t.numel for t in tensors)
-        spec.param_count_source = f"safetensors headers ({where})"
-    else:
-        spec.assumptions.append(f"{where}: no safetensors headers; weights counted from the "
-                                "architecture")
+def _with_tensors(spec: ModelSpec, tensors: Sequence[TensorInfo] | None, where: str) -> ModelSpec:
+    """The spec with the checkpoint's exact tensors, or with a note that there were none."""
+    if not tensors:
+        return replace(spec, assumptions=(*spec.assumptions, f"{where}: no safetensors headers; "
+                                          "weights counted from the architecture"))
+    return replace(spec, tensors=tuple(tensors), param_count=sum(t.numel for t in tensors),
+                   param_count_source=f"safetensors headers ({where})")

@@ -9,7 +9,7 @@ normalizer had to assume is listed in `assumptions` so the plan can show it (no 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 # Bytes per element of each safetensors / torch dtype name. Sub-byte formats are stored packed
 # (U8/I8 containers) in checkpoints, so they never appear here as their own dtype.
@@ -99,8 +99,14 @@ class VisionTower:
     source: str  # "tensors" | "vision_config" | "profile"
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelSpec:
+    """Frozen: derive a variant with `dataclasses.replace(spec, ...)`.
+
+    The sequence fields are tuples; a caller may pass lists (`replace(spec, assumptions=[...])`)
+    and `__post_init__` turns them into tuples.
+    """
+
     name: str
     source: str  # "profile:deepseek-67b", "local:/path", "hub:org/name"
     architecture: str
@@ -115,7 +121,7 @@ class ModelSpec:
     max_position_embeddings: int
     dtype: str  # canonical: bfloat16 / float16 / float32
     tie_word_embeddings: bool = False
-    layer_types: list[LayerKind] = field(default_factory=list)
+    layer_types: tuple[LayerKind, ...] = ()
     sliding_window: int | None = None
     attention_chunk_size: int | None = None
     rotary_dim: int | None = None
@@ -134,18 +140,31 @@ class ModelSpec:
     vision: VisionTower | None = None
     repo_id: str | None = None
     # Exact checkpoint tensors when headers were read; None when counted from architecture.
-    tensors: list[TensorInfo] | None = None
+    tensors: tuple[TensorInfo, ...] | None = None
     param_count: int | None = None
     param_count_source: str = "architecture"
     provenance: dict[str, str] = field(default_factory=dict)
-    assumptions: list[str] = field(default_factory=list)
+    assumptions: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Frozen: the only way in is object.__setattr__, once, here.
+        object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        object.__setattr__(self, "assumptions", tuple(self.assumptions))
+        object.__setattr__(self, "provenance", dict(self.provenance))
+        if self.tensors is not None:
+            object.__setattr__(self, "tensors", tuple(self.tensors))
 
     def layer_kinds(self) -> list[LayerKind]:
         return list(self.layer_types) if self.layer_types else ["full"] * self.num_layers
 
-    def to_dict(self, *, with_tensors: bool = False) -> dict:
+    def to_dict(self, *, with_tensors: bool = False) -> dict[str, Any]:
+        """Plain JSON-ready data; the sequences are lists, as before the spec was frozen."""
         d = asdict(self)
-        if not with_tensors:
+        d["layer_types"] = list(self.layer_types)
+        d["assumptions"] = list(self.assumptions)
+        if with_tensors:
+            d["tensors"] = None if self.tensors is None else list(d["tensors"])
+        else:
             d.pop("tensors")
             d["tensor_count"] = len(self.tensors) if self.tensors is not None else None
         return d

@@ -10,22 +10,33 @@ from __future__ import annotations
 
 from typing import Any
 
+from launcher.models.fields import MAX_FFN, MAX_LAYERS, MAX_WIDTH, as_dict, as_int, as_str
 from launcher.models.spec import VisionTower
 
 
-def vision_tower_from_config(config: dict[str, Any]) -> VisionTower | None:
-    vc = config.get("vision_config")
-    if not isinstance(vc, dict) or not vc:
+def vision_tower_from_config(config: dict[str, Any], origin: str = "config.json"
+                             ) -> VisionTower | None:
+    """None when the config has no vision encoder, or one without its width and depth."""
+    if config.get("vision_config") is None:
         return None
-    h = int(vc.get("hidden_size") or vc.get("embed_dim") or 0)
-    layers = int(vc.get("num_hidden_layers") or vc.get("depth") or vc.get("num_layers") or 0)
+    vc = as_dict(config["vision_config"], "vision_config", origin)
+
+    def size(*keys: str, default: int, hi: int = MAX_WIDTH) -> int:
+        for key in keys:
+            if vc.get(key) is not None:
+                return as_int(vc[key], f"vision_config.{key}", origin, hi=hi)
+        return default
+
+    h = size("hidden_size", "embed_dim", default=0)
+    layers = size("num_hidden_layers", "depth", "num_layers", default=0, hi=MAX_LAYERS)
     if not h or not layers:
         return None
-    inter = int(vc.get("intermediate_size") or 4 * h)
-    patch = int(vc.get("patch_size") or 14)
-    channels = int(vc.get("num_channels") or 3)
-    image = int(vc.get("image_size") or 0)
-    vtype = str(vc.get("model_type") or "")
+    inter = size("intermediate_size", default=4 * h, hi=MAX_FFN)
+    patch = size("patch_size", default=14)
+    channels = size("num_channels", default=3)
+    image = size("image_size", default=0)
+    vtype = as_str(vc["model_type"], "vision_config.model_type", origin) \
+        if vc.get("model_type") else ""
     gated = vtype in ("pixtral",) or ("hidden_act" in vc and vc.get("hidden_act") == "silu")
     bias = vtype not in ("pixtral",)
     per_layer = 4 * h * h + (3 if gated else 2) * h * inter
@@ -37,8 +48,16 @@ def vision_tower_from_config(config: dict[str, Any]) -> VisionTower | None:
     if image and vtype not in ("pixtral",):
         params += (image // patch) ** 2 * h  # learned position table
     params += h * (2 if bias else 1)  # post/pre norm
-    text = config.get("text_config") or {}
-    text_h = int(text.get("hidden_size") or config.get("hidden_size") or 0)
+    text_h = _text_hidden_size(config, origin)
     if text_h:
         params += h * text_h + text_h  # projector (at least one linear into the text width)
     return VisionTower(params=params, source="vision_config")
+
+
+def _text_hidden_size(config: dict[str, Any], origin: str) -> int:
+    text = config.get("text_config")
+    for key, d in (("text_config.hidden_size", text if isinstance(text, dict) else {}),
+                   ("hidden_size", config)):
+        if d.get("hidden_size"):
+            return as_int(d["hidden_size"], key, origin, hi=MAX_WIDTH)
+    return 0
