@@ -118,8 +118,8 @@ def test_cpu_context_search_uses_the_room_not_the_capped_cache() -> None:
     leaves, not from a cache already sized for the floor's length."""
     from dataclasses import replace
 
+    from launcher.engines.calibration import calibration_for
     from launcher.hardware.cpu import NodeMemory, cpu_device
-    from launcher.memory.overheads import calibration_for
     from launcher.models.resolve import resolve_model
     from launcher.planner import PlanRequest, plan
 

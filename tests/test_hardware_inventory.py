@@ -14,7 +14,7 @@ from launcher.hardware import get_inventory
 from launcher.hardware.catalog import simulated_inventory
 from launcher.hardware.inventory import GpuProcess, HostInfo, Inventory
 from launcher.hardware.nvml import RawSystem, build_inventory
-from launcher.render_hardware import inventory_table
+from launcher.render.hardware import inventory_table
 
 DATA = Path(__file__).parent / "data" / "nvml"
 HOST = HostInfo(total_ram_bytes=2 * 1024**4, available_ram_bytes=1900 * 1024**3, cpu_count=192)

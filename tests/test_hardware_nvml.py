@@ -196,7 +196,7 @@ def test_simulated_and_file_paths_never_load_pynvml(tmp_path: Path) -> None:
         "inv = get_inventory(gpus='2xH100-80GB')\n"
         f"open({str(tmp_path / 'i.json')!r}, 'w').write(inv.to_json())\n"
         f"get_inventory(inventory_file={str(tmp_path / 'i.json')!r})\n"
-        "import launcher.render_hardware\n"
+        "import launcher.render.hardware\n"
         "print('pynvml' in sys.modules)\n"
     )
     root = Path(__file__).parents[1]

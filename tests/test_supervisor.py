@@ -9,7 +9,7 @@ from pathlib import Path
 
 from engine_helpers import group_alive
 
-from launcher.engines.vllm import EngineCommand
+from launcher.planner.plan import EngineCommand
 from launcher.runtime.supervisor import EngineProcess
 
 
@@ -38,6 +38,22 @@ def test_stop_escalates_to_sigkill_after_the_grace_period(tmp_path: Path) -> Non
     t = time.monotonic()
     assert e.stop(1.0) == -signal.SIGKILL
     assert time.monotonic() - t < 8 and not group_alive(e.pid)
+
+
+def test_the_engine_gets_sigterm_and_may_shut_down_gracefully(tmp_path: Path) -> None:
+    """No signal is blocked in the child (a mask is inherited across exec): the engine's own
+    SIGTERM handler runs, well before the grace period ends."""
+    code = "import signal, sys, time\n" \
+           "signal.signal(signal.SIGTERM, lambda *_: (print('graceful', flush=True), sys.exit(0)))\n" \
+           "print('up', flush=True); time.sleep(300)"
+    e = EngineProcess(EngineCommand([sys.executable, "-c", code], {}), tmp_path / "e.log")
+    e.start()
+    deadline = time.monotonic() + 10
+    while "up" not in e.lines and time.monotonic() < deadline:
+        time.sleep(0.1)
+    t = time.monotonic()
+    assert e.stop(20) == 0
+    assert time.monotonic() - t < 5 and "graceful" in e.lines
 
 
 def test_secrets_are_redacted_in_the_engine_log(tmp_path: Path) -> None:

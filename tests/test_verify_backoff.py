@@ -10,10 +10,10 @@ import pytest
 from conftest import CALIBRATION
 from test_vllm_log import CPU_KV_TOO_SMALL
 
+from launcher.engines.calibration import calibration_for
 from launcher.engines.vllm_log import classify_failure, parse_log
 from launcher.hardware.inventory import HostInfo
 from launcher.hardware.nvml import RawProcess, RawSystem, build_inventory
-from launcher.memory.overheads import calibration_for
 from launcher.models.resolve import resolve_model
 from launcher.planner import PlanRequest, plan
 from launcher.runtime.backoff import next_step
@@ -22,7 +22,7 @@ from launcher.runtime.verify import verify
 from launcher.units import GiB
 
 NVML = Path(__file__).parent / "data" / "nvml"
-LOGS = CALIBRATION / "vllm-0.19-h100-logs"
+LOGS = CALIBRATION / "vllm-0.19-h100" / "logs"
 CAL = calibration_for("0.19")
 
 
@@ -99,8 +99,8 @@ def test_over_the_limit_alone_reserves_the_overshoot(recorded) -> None:
     assert step is not None and step.request.reserve_bytes >= over
     again = plan(resolve_model("llama-3.1-8b"), list(inv.gpus), CAL, step.request)
     assert again.feasible
-    assert again.decision()["kv_cache_memory_bytes"] <= \
-        p.decision()["kv_cache_memory_bytes"] - over
+    assert again.decision is not None and p.decision is not None
+    assert again.decision.kv_cache_memory_bytes <= p.decision.kv_cache_memory_bytes - over
     assert again.budgets[0].planned_total <= again.budgets[0].limit_bytes
 
 

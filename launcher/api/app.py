@@ -8,6 +8,7 @@ probes needs `Authorization: Bearer <token>`.
 from __future__ import annotations
 
 import hmac
+import os
 import threading
 import time
 
@@ -15,8 +16,8 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from launcher.api.metrics import render
-from launcher.api.page import render_page
 from launcher.redact import redact_obj
+from launcher.render.page import render_page
 from launcher.runtime.state import ControlState
 
 
@@ -76,6 +77,15 @@ def create_app(state: ControlState, token: str | None = None) -> FastAPI:
         return HTMLResponse(render_page(state.snapshot()))
 
     return app
+
+
+def start_control_api(state: ControlState, host: str, port: int) -> ControlServer:
+    """The control API for `serve` (its `control=`), started; the token comes from
+    LAUNCHER_API_TOKEN."""
+    server = ControlServer(create_app(state, os.environ.get("LAUNCHER_API_TOKEN") or None),
+                           host, port)
+    server.start()
+    return server
 
 
 class ControlServer:

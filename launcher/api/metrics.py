@@ -6,19 +6,20 @@ verification (so they equal the report); live bytes and headroom from the monito
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-PHASES = ("planning", "starting", "loading", "warming_up", "verifying", "serving", "stepping_down",
-          "failed", "stopped", "engine_exited")
+from launcher.runtime.state import ControlState, ServePhase
 
 
 class StateCollector(Collector):
-    def __init__(self, state) -> None:
+    def __init__(self, state: ControlState) -> None:
         self.state = state
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         s = self.state.snapshot()
         plan = s["plan"] or {}
         report = s["report"] or {}
@@ -75,7 +76,7 @@ class StateCollector(Collector):
         yield viol
         state = GaugeMetricFamily("launcher_engine_state", "1 for the current phase",
                                   labels=["phase"])
-        for ph in PHASES:
+        for ph in ServePhase:
             state.add_metric([ph], 1 if s["phase"] == ph else 0)
         yield state
         yield GaugeMetricFamily("launcher_ready", "1 when the engine is up and verified",
@@ -88,7 +89,7 @@ class StateCollector(Collector):
                                 value=s["samples"])
 
 
-def render(state) -> bytes:
+def render(state: ControlState) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StateCollector(state))
     return generate_latest(registry)

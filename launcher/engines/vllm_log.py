@@ -246,7 +246,7 @@ def _secondary_rank(text: str) -> bool:
     """Whether the line comes from a process tagged with a non-zero rank (Worker_TP1,
     EngineCore_DP1, ApiServer_1); untagged processes count as rank 0."""
     m = _RANKS.match(text)
-    return bool(m) and any(int(n) for n in re.findall(r"_[A-Z]*(\d+)", m["proc"]))
+    return m is not None and any(int(n) for n in re.findall(r"_[A-Z]*(\d+)", m["proc"]))
 
 
 class LogParser:
@@ -298,16 +298,28 @@ def _phase_of(text: str) -> Phase | None:
 # ---------------------------------------------------------------------------------------------
 # Failures
 
-FAILURE_KINDS = ("oom_loading", "oom_profiling", "oom_graph_capture", "kv_too_small_for_context",
-                 "no_kv_memory", "startup_free_memory", "host_memory_short", "killed", "config_error",
-                 "unknown")
+class FailureKind(StrEnum):
+    """Why a start-up failed. The memory kinds are `retryable`: a smaller plan can fix them."""
+
+    OOM_LOADING = "oom_loading"
+    OOM_PROFILING = "oom_profiling"
+    OOM_GRAPH_CAPTURE = "oom_graph_capture"
+    KV_TOO_SMALL_FOR_CONTEXT = "kv_too_small_for_context"
+    NO_KV_MEMORY = "no_kv_memory"
+    STARTUP_FREE_MEMORY = "startup_free_memory"
+    HOST_MEMORY_SHORT = "host_memory_short"
+    KILLED = "killed"
+    CONFIG_ERROR = "config_error"
+    UNKNOWN = "unknown"
+    # The launcher's own verdict, never read from a log: /health did not answer in time.
+    READY_TIMEOUT = "ready_timeout"
 
 
 @dataclass
 class Failure:
     """Why the engine did not start, in the engine's own words plus the numbers a retry needs."""
 
-    kind: str  # one of FAILURE_KINDS
+    kind: FailureKind
     message: str  # the engine's own line(s) that say it, trimmed
     details: dict = field(default_factory=dict)  # numbers pulled from the message
     retryable: bool = False  # True when a smaller plan can fix it (memory)
@@ -350,7 +362,7 @@ class _Entry:
 
 
 def _entries(lines: Iterable[str]) -> list[_Entry]:
-    out = []
+    out: list[_Entry] = []
     for piece in (p for line in lines for p in _pieces(line)):
         m = _RECORD.match(piece)
         assert m is not None  # the body group matches anything
@@ -370,27 +382,27 @@ def _trim(text: str, limit: int = 400) -> str:
 
 
 # Memory failures vLLM names itself, most specific first. Group names become `details`.
-_MEMORY_FAILURES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+_MEMORY_FAILURES: tuple[tuple[FailureKind, re.Pattern[str]], ...] = tuple(
     (kind, re.compile(pattern)) for kind, pattern in (
-        ("kv_too_small_for_context",
+        (FailureKind.KV_TOO_SMALL_FOR_CONTEXT,
          rf"To serve at least one request with the models?'s max seq len \((?P<max_model_len>\d+)\), "
          rf"\(?(?P<needed_gib>{_NUM}) GiB KV cache is needed, which is larger than the available KV cache "
          rf"memory \((?P<available_gib>{_NUM}) GiB\)\.(?: Based on the available memory, the estimated "
          rf"maximum model length is (?P<estimated_max_model_len>\d+)\.)?"),
-        ("kv_too_small_for_context",  # V0 engines
+        (FailureKind.KV_TOO_SMALL_FOR_CONTEXT,  # V0 engines
          r"The model's max seq len \((?P<max_model_len>\d+)\) is larger than the maximum number of tokens "
          r"that can be stored in KV cache \((?P<kv_cache_tokens>\d+)\)"),
-        ("no_kv_memory", r"No available memory for the cache blocks|Cannot auto-fit max_model_len: "
-                         r"not enough GPU memory"),
-        ("startup_free_memory",
+        (FailureKind.NO_KV_MEMORY,
+         r"No available memory for the cache blocks|Cannot auto-fit max_model_len: not enough GPU memory"),
+        (FailureKind.STARTUP_FREE_MEMORY,
          rf"Free memory on device(?: (?P<device>\S+))? \((?P<free_gib>{_NUM})/(?P<total_gib>{_NUM}) GiB\) "
          rf"on startup is less than (?:desired GPU memory utilization |the engine's budget[^(]*)"
          rf"\((?P<utilization>{_NUM}), (?P<requested_gib>{_NUM}) GiB\)"),
-        ("startup_free_memory",  # CPU backend: the same check against the NUMA node's memory
+        (FailureKind.STARTUP_FREE_MEMORY,  # CPU backend: the same check against the NUMA node's memory
          rf"Available memory on node (?P<node>\d+) \((?P<free_gib>{_NUM})/(?P<total_gib>{_NUM}) GiB\) "
          rf"on startup is less than desired CPU memory utilization \((?P<utilization>{_NUM}), "
          rf"(?P<requested_gib>{_NUM}) GiB\)"),
-        ("host_memory_short",
+        (FailureKind.HOST_MEMORY_SHORT,
          rf"Available memory on node (?P<node>\d+) \((?P<available_gib>{_NUM})/(?P<total_gib>{_NUM}) GiB\) "
          rf"on kv cache ?allocation is less than requested memory for kv \((?P<requested_gib>{_NUM})"
          rf"(?:/(?P<requested_total_gib>{_NUM}))? GiB\)"),
@@ -398,9 +410,9 @@ _MEMORY_FAILURES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
 )
 _OOM = re.compile(r"CUDA out of memory|OutOfMemoryError|DefaultCPUAllocator: can't allocate memory|"
                   r"Failed to load model - not enough GPU memory|CUDA error: out of memory")
-_OOM_KIND = {Phase.STARTING: "oom_loading", Phase.LOADING: "oom_loading",
-             Phase.PROFILING: "oom_profiling", Phase.KV_CACHE: "oom_graph_capture",
-             Phase.GRAPHS: "oom_graph_capture", Phase.READY: "oom_graph_capture"}
+_OOM_KIND = {Phase.STARTING: FailureKind.OOM_LOADING, Phase.LOADING: FailureKind.OOM_LOADING,
+             Phase.PROFILING: FailureKind.OOM_PROFILING, Phase.KV_CACHE: FailureKind.OOM_GRAPH_CAPTURE,
+             Phase.GRAPHS: FailureKind.OOM_GRAPH_CAPTURE, Phase.READY: FailureKind.OOM_GRAPH_CAPTURE}
 _TORCH_OOM = re.compile(
     r"Tried to allocate (?P<tried>[\d.]+) (?P<tried_unit>[KMGT]i?B)\. GPU (?P<gpu>\d+) has a total "
     r"capacity of (?P<total>[\d.]+) (?P<total_unit>[KMGT]i?B) of which (?P<free>[\d.]+) "
@@ -438,7 +450,7 @@ def classify_failure(lines: Sequence[str], returncode: int | None = None,
                 details = {k: _number(v) for k, v in m.groupdict().items() if v is not None}
                 if "kv_cache_tokens" in details:  # V0 says how many tokens fit: that is the longest context
                     details["estimated_max_model_len"] = details["kv_cache_tokens"]
-                if kind == "no_kv_memory":
+                if kind == FailureKind.NO_KV_MEMORY:
                     details.update(_available_kv(entries))
                 return Failure(kind, _trim(e.body), details, retryable=True)
     oom = next((e for e in loud if _OOM.search(e.body)), None)
@@ -448,13 +460,13 @@ def classify_failure(lines: Sequence[str], returncode: int | None = None,
         # The profile left nothing for the KV cache; the error that says so was not captured.
         line = next(e for e in entries if "Available KV cache memory" in e.body
                     or "reserved for KV Cache is" in e.body)
-        return Failure("no_kv_memory", _trim(line.body), kv, retryable=True)
+        return Failure(FailureKind.NO_KV_MEMORY, _trim(line.body), kv, retryable=True)
     root = _root_exception(loud)
     if root is not None and _is_config_error(root):
-        return Failure("config_error", _message(loud, root), _config_details(loud, root))
+        return Failure(FailureKind.CONFIG_ERROR, _message(loud, root), _config_details(loud, root))
     argparse = next((e for e in loud if _ARGPARSE.search(e.body)), None)
     if argparse is not None:
-        return Failure("config_error", _trim(argparse.body), {})
+        return Failure(FailureKind.CONFIG_ERROR, _trim(argparse.body), {})
     # A process that vanished without a Python error of its own was killed, most likely by the
     # kernel's OOM killer; what the survivors raise afterwards ("cancelled") is a consequence.
     died = next((e for e in loud if "died unexpectedly" in e.body or e.body.strip() == "Killed"), None)
@@ -464,11 +476,11 @@ def classify_failure(lines: Sequence[str], returncode: int | None = None,
         if died is not None and (m := re.search(r"exit code: (-?\d+)", died.body)):
             info["process_exit_code"] = int(m[1])
         message = _trim(died.body) if died else f"the engine was killed (exit status {returncode})"
-        return Failure("killed", message, info, retryable=True)
+        return Failure(FailureKind.KILLED, message, info, retryable=True)
     if root is not None:
-        return Failure("unknown", _message(loud, root), {"exception": _exception_type(root)})
+        return Failure(FailureKind.UNKNOWN, _message(loud, root), {"exception": _exception_type(root)})
     tail = important_lines(lines, 3)
-    return Failure("unknown", "\n".join(tail) or f"the engine exited with status {returncode}",
+    return Failure(FailureKind.UNKNOWN, "\n".join(tail) or f"the engine exited with status {returncode}",
                    {"returncode": returncode} if returncode is not None else {})
 
 

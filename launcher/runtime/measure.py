@@ -7,10 +7,13 @@ engine's process tree, so shared libraries count once, not once per process.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import psutil
+
+from launcher.hardware.inventory import GpuInfo
+from launcher.hardware.nvml import RawProcess, RawSystem
 
 
 @dataclass(frozen=True)
@@ -49,15 +52,15 @@ def measure_cpu(pids: list[int], node: int = 0) -> list[DeviceReading]:
                           f"PSS of {len(pids)} engine processes; node {mem.source}")]
 
 
-def engine_bytes_on_gpu(processes, pids: set[int]) -> int | None:
+def engine_bytes_on_gpu(processes: Iterable[RawProcess], pids: set[int]) -> int | None:
     """Sum of this engine's per-process GPU memory; None when the driver hid the figures."""
-    ours = [p for p in processes if p.pid in pids]
-    if not ours or any(p.used_bytes is None for p in ours):
+    used = [p.used_bytes for p in processes if p.pid in pids]
+    if not used or None in used:
         return None
-    return sum(int(p.used_bytes) for p in ours)
+    return sum(int(n) for n in used if n is not None)
 
 
-def readings_from_raw(raw, plan_gpus, pids: set[int]) -> list[DeviceReading]:
+def readings_from_raw(raw: RawSystem, plan_gpus: Sequence[GpuInfo], pids: set[int]) -> list[DeviceReading]:
     """Match NVML devices to the plan's GPUs by UUID (else index) and read them. Pure."""
     by_uuid = {d.uuid: d for d in raw.devices if d.uuid}
     out = []
@@ -74,7 +77,7 @@ def readings_from_raw(raw, plan_gpus, pids: set[int]) -> list[DeviceReading]:
     return out
 
 
-def measure_gpu(plan_gpus, pids: list[int]) -> list[DeviceReading]:
+def measure_gpu(plan_gpus: Sequence[GpuInfo], pids: list[int]) -> list[DeviceReading]:
     from launcher.hardware.nvml import read_raw
 
     return readings_from_raw(read_raw(), plan_gpus, set(pids))

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import psutil
 
+from launcher.hardware.inventory import GpuInfo
+from launcher.hardware.nvml import RawProcess
+from launcher.memory.calibration import Device
 from launcher.runtime.state import ControlState, LiveDevice
-from launcher.units import GiB
+from launcher.runtime.supervisor import EngineProcess
+from launcher.units import fmt_gib
 
 
 def cpu_holders(engine_pids: set[int], top: int = 3) -> list[dict]:
@@ -36,8 +41,9 @@ def cpu_holders(engine_pids: set[int], top: int = 3) -> list[dict]:
     return sorted(out, key=lambda h: -h["bytes"])[:top]
 
 
-def gpu_holders(processes, engine_pids: set[int], top: int = 3) -> list[dict]:
-    out = []
+def gpu_holders(processes: Iterable[RawProcess], engine_pids: set[int],
+                top: int = 3) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
     for p in processes:
         ours = p.pid in engine_pids
         out.append({"who": "this engine" if ours else f"pid {p.pid} ({p.name or '?'})",
@@ -70,17 +76,17 @@ class HeadroomMonitor:
                 self.warn(f"headroom monitor: reading failed: {type(e).__name__}: {e}")
                 devices = []
             for d in self.state.record_live(devices):
-                who = ", ".join(f"{h['who']} {h['bytes'] / GiB:.2f} GiB" if h["bytes"] is not None
+                who = ", ".join(f"{h['who']} {fmt_gib(h['bytes'])}" if h["bytes"] is not None
                                 else h["who"] for h in d.holders) or "unknown"
-                self.warn(f"device {d.index}: {d.headroom_bytes / GiB:.2f} GiB free of "
-                          f"{d.total_bytes / GiB:.2f} GiB, below the headroom target "
-                          f"(limit {d.limit_bytes / GiB:.2f} GiB used); held by {who}")
+                self.warn(f"device {d.index}: {fmt_gib(d.headroom_bytes)} free of "
+                          f"{fmt_gib(d.total_bytes)}, below the headroom target "
+                          f"(limit {fmt_gib(d.limit_bytes)} used); held by {who}")
             self._stop.wait(self.interval)
 
 
-def sampler(plan, engine, device: str) -> Callable[[], list[LiveDevice]]:
-    """A function that reads every planned device now."""
-    limits = {b.index: b.limit_bytes for b in plan.budgets}
+def sampler(engine: EngineProcess, device: Device, gpus: Sequence[GpuInfo],
+            limits: Mapping[int, int]) -> Callable[[], list[LiveDevice]]:
+    """A function that reads every planned device now (`limits`: device index → limit)."""
 
     def cpu() -> list[LiveDevice]:
         from launcher.runtime.measure import measure_cpu
@@ -100,7 +106,7 @@ def sampler(plan, engine, device: str) -> Callable[[], list[LiveDevice]]:
         raw = read_raw()
         now = time.time()
         out = []
-        for g in plan.chosen.gpus:
+        for g in gpus:
             readings = readings_from_raw(raw, [g], pids)
             if not readings:
                 continue  # the GPU is gone from NVML: the next sample will say more
@@ -112,4 +118,4 @@ def sampler(plan, engine, device: str) -> Callable[[], list[LiveDevice]]:
                                   gpu_holders(d.processes, pids)))
         return out
 
-    return cpu if device == "cpu" else gpu
+    return cpu if device == Device.CPU else gpu

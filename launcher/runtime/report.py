@@ -11,9 +11,37 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 
+from launcher.redact import redact_obj
+from launcher.runtime.state import ControlState
+
 SCHEMA = "launcher-report/1"
+
+
+class Outcome(StrEnum):
+    """How one attempt ended."""
+
+    PENDING = "pending"
+    SERVED = "served"
+    START_FAILED = "start_failed"
+    VERIFICATION_FAILED = "verification_failed"
+    ENGINE_EXITED = "engine_exited"
+    STOPPED = "stopped"
+
+
+class Verdict(StrEnum):
+    """How the whole run stands (the report's `verdict`)."""
+
+    PENDING = "pending"
+    SERVING = "serving"
+    DOES_NOT_FIT = "does_not_fit"
+    FAILED_TO_START = "failed_to_start"
+    VERIFICATION_FAILED = "verification_failed"
+    ENGINE_EXITED = "engine_exited"
+    STOPPED = "stopped"
+    ERROR = "error"  # a LauncherError before or between attempts
 
 
 @dataclass
@@ -24,7 +52,7 @@ class Attempt:
     log_file: str | None = None
     engine_pid: int | None = None  # also the engine's process group id
     engine_pids: list[int] = field(default_factory=list)  # the tree when measured
-    outcome: str = "pending"  # served | start_failed | verification_failed | stopped
+    outcome: Outcome = Outcome.PENDING
     failure: dict | None = None
     phases: dict[str, float] = field(default_factory=dict)  # phase → seconds since start
     ready_seconds: float | None = None
@@ -46,7 +74,7 @@ class Attempt:
 class Report:
     model: str
     attempts: list[Attempt] = field(default_factory=list)
-    verdict: str = "pending"  # serving | failed_to_start | verification_failed | does_not_fit
+    verdict: Verdict = Verdict.PENDING
     exit_code: int | None = None
     base_url: str | None = None
     served_model_name: str | None = None
@@ -61,8 +89,6 @@ class Report:
 
     def to_json(self) -> dict:
         final = self.final
-        from launcher.redact import redact_obj
-
         return redact_obj({
             "schema": SCHEMA, "model": self.model, "verdict": self.verdict,
             "exit_code": self.exit_code, "error": self.error, "stopped_by": self.stopped_by,
@@ -80,3 +106,20 @@ class Report:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+class ReportWriter:
+    """Writes the report (redacted) to every path and hands it to the control API."""
+
+    def __init__(self, report: Report, paths: list[Path], state: ControlState) -> None:
+        self.report, self.paths, self.state = report, paths, state
+
+    def add(self, path: Path) -> None:
+        if path not in self.paths:
+            self.paths.append(path)
+
+    def write(self) -> None:
+        self.report.secrets = self.state.secrets
+        for p in self.paths:
+            self.report.write(p)
+        self.state.set_report(self.report.to_json())

@@ -10,9 +10,25 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from launcher.redact import redact_obj
+
+
+class ServePhase(StrEnum):
+    """Where `serve` stands, as /readyz, /metrics and the status page show it."""
+
+    PLANNING = "planning"
+    STARTING = "starting"
+    LOADING = "loading"
+    WARMING_UP = "warming_up"
+    VERIFYING = "verifying"
+    SERVING = "serving"
+    STEPPING_DOWN = "stepping_down"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    ENGINE_EXITED = "engine_exited"
 
 
 @dataclass
@@ -49,9 +65,9 @@ class ControlState:
         self.secrets = list(secrets or [])
         self.inventory = inventory
         self.started_at = time.time()
-        self.phase = "planning"
+        self.phase = ServePhase.PLANNING
         self.ready = False
-        self.reason = "planning"
+        self.reason: str = ServePhase.PLANNING
         self.plan: dict | None = None
         self.report: dict | None = None
         self.settings: dict | None = None
@@ -61,7 +77,7 @@ class ControlState:
         self.samples = 0
 
     # ---- writers (serve loop, monitor) ------------------------------------------------
-    def set_phase(self, phase: str, reason: str | None = None, ready: bool = False) -> None:
+    def set_phase(self, phase: ServePhase, reason: str | None = None, ready: bool = False) -> None:
         with self._lock:
             self.phase = phase
             self.ready = ready

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import psutil
 
-from launcher.engines.vllm import EngineCommand
 from launcher.engines.vllm_log import LogParser, Phase
+from launcher.planner.plan import EngineCommand
+from launcher.policy import STOP_GRACE_SECONDS
 from launcher.redact import redact
 
 
@@ -48,17 +49,13 @@ class EngineProcess:
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.started_at = time.monotonic()
-        # A SIGTERM between fork and the assignment below would leave a child no one stops:
-        # hold the signals until self.proc is set (they are delivered right after).
-        blocked = {signal.SIGINT, signal.SIGTERM}
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
-        try:
-            self.proc = subprocess.Popen(
-                self.command.argv, env=self.command.environment(dict(os.environ)),
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                text=True, bufsize=1, errors="replace", start_new_session=True)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        # No signal mask around the fork: a child inherits it, and an engine with SIGTERM
+        # blocked can only be killed. Nothing raises between fork and the assignment, since
+        # `serve`'s signal handlers only record (runtime/signals.py).
+        self.proc = subprocess.Popen(
+            self.command.argv, env=self.command.environment(dict(os.environ)),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, bufsize=1, errors="replace", start_new_session=True)
         if self.nice:
             # Set before the server forks its engine core and workers, which inherit it: on
             # a CPU engine the cores are saturated, and the launcher's control API must still
@@ -113,9 +110,6 @@ class EngineProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started_at
-
     def pids(self) -> list[int]:
         """The engine and every descendant still running (remembered for the stop)."""
         if self.proc is None:
@@ -136,7 +130,7 @@ class EngineProcess:
             self._reader.join(timeout)
 
     # ---- stop --------------------------------------------------------------------------
-    def stop(self, grace: float = 20.0) -> int | None:
+    def stop(self, grace: float = STOP_GRACE_SECONDS) -> int | None:
         """SIGTERM the whole group, SIGKILL what is left after `grace` seconds; returns the
         engine's exit status. Safe to call twice. The group is signalled even when the root
         already exited: its engine core and workers may still hold memory."""

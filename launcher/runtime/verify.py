@@ -9,28 +9,56 @@ and only fails the verdict through the hard rules.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from enum import StrEnum
 
 from launcher.engines.vllm_log import LogFigures
+from launcher.memory.calibration import Device
+from launcher.memory.components import Component
 from launcher.planner.plan import Plan
 from launcher.runtime.measure import DeviceReading
-from launcher.units import GiB, MiB
+from launcher.units import GiB, MiB, fmt_gib
 
 COMPONENT_TOLERANCE = 0.10  # relative
 COMPONENT_SLACK = 64 * MiB  # absolute, for tiny components
 
 
+class CheckName(StrEnum):
+    """What a check compares. Device checks are named "device N <what>" in the report."""
+
+    WEIGHTS = "weights"
+    KV_CACHE = "kv_cache"
+    CUDA_GRAPHS = "cuda_graphs"
+    KV_CACHE_TOKENS = "kv_cache_tokens"
+    NUM_BLOCKS = "num_blocks"
+    MAX_MODEL_LEN = "max_model_len"
+    DEVICE_LIMIT = "used ≤ limit"
+    DEVICE_ENGINE = "engine memory"
+
+
+# The engine did not take the plan's numbers (another version, a flag it ignored): more
+# reserve would not make it.
+CAPACITY_CHECKS = frozenset({CheckName.KV_CACHE_TOKENS, CheckName.NUM_BLOCKS,
+                             CheckName.MAX_MODEL_LEN})
+
+
 @dataclass
 class Check:
-    name: str
+    what: CheckName
     planned: float | int | None
     measured: float | int | None
     ok: bool
     hard: bool
     detail: str
+    device: int | None = None  # the device index of a per-device check
+
+    @property
+    def name(self) -> str:
+        return self.what if self.device is None else f"device {self.device} {self.what}"
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {"name": self.name, "planned": self.planned, "measured": self.measured,
+                "ok": self.ok, "hard": self.hard, "detail": self.detail}
 
 
 @dataclass
@@ -62,21 +90,21 @@ def verify(plan: Plan, readings: list[DeviceReading], figures: LogFigures,
            served_max_model_len: int | None, cache_info: dict[str, str]) -> Verification:
     c = plan.chosen
     assert c is not None, "only a feasible plan is launched"
-    cpu = plan.request.get("device") == "cpu"
+    cpu = plan.device == Device.CPU
     v = Verification(ok=True)
-    worst = max(c.budgets, key=lambda b: b.planned["weights"])
+    worst = max(c.budgets, key=lambda b: b.planned[Component.WEIGHTS])
 
     # components the engine's own log reports
     gib = figures.model_loading_gib
     if gib is not None:
-        v.checks.append(_component("weights", worst.planned["weights"], gib * GiB,
+        v.checks.append(_component(CheckName.WEIGHTS, worst.planned[Component.WEIGHTS], gib * GiB,
                                    "engine log: Model loading took"))
     kv_gib = figures.explicit_kv_cache_gib or figures.available_kv_cache_gib
     if kv_gib is not None:
-        v.checks.append(_component("kv_cache", c.kv_cache_memory_bytes, kv_gib * GiB,
+        v.checks.append(_component(CheckName.KV_CACHE, c.kv_cache_memory_bytes, kv_gib * GiB,
                                    "engine log: KV cache memory"))
     if figures.graph_capture_gib is not None:
-        v.checks.append(_component("cuda_graphs", worst.planned["cuda_graphs"],
+        v.checks.append(_component(CheckName.CUDA_GRAPHS, worst.planned[Component.CUDA_GRAPHS],
                                    figures.graph_capture_gib * GiB,
                                    "engine log: Graph capturing took"))
     # capacity: the engine's KV tokens and blocks, and the context it serves
@@ -85,15 +113,15 @@ def verify(plan: Plan, readings: list[DeviceReading], figures: LogFigures,
     if figures.kv_cache_tokens is not None:
         ok = abs(figures.kv_cache_tokens - c.kv_tokens) <= max(block * groups,
                                                                  0.01 * c.kv_tokens)
-        v.checks.append(Check("kv_cache_tokens", c.kv_tokens, figures.kv_cache_tokens, ok, True,
+        v.checks.append(Check(CheckName.KV_CACHE_TOKENS, c.kv_tokens, figures.kv_cache_tokens, ok, True,
                               "engine log: KV cache size N tokens"))
     if cache_info.get("num_gpu_blocks"):
         blocks = int(cache_info["num_gpu_blocks"])
         ok = abs(blocks - c.num_blocks) <= max(groups, 0.01 * c.num_blocks)
-        v.checks.append(Check("num_blocks", c.num_blocks, blocks, ok, True,
+        v.checks.append(Check(CheckName.NUM_BLOCKS, c.num_blocks, blocks, ok, True,
                               "/metrics vllm:cache_config_info num_gpu_blocks"))
     if served_max_model_len is not None:
-        v.checks.append(Check("max_model_len", c.max_model_len, served_max_model_len,
+        v.checks.append(Check(CheckName.MAX_MODEL_LEN, c.max_model_len, served_max_model_len,
                               served_max_model_len == c.max_model_len, True,
                               "/v1/models max_model_len"))
     # memory per device: the hard rule
@@ -101,13 +129,13 @@ def verify(plan: Plan, readings: list[DeviceReading], figures: LogFigures,
     for b in c.budgets:
         r = by_index.get(b.index)
         if r is None:
-            v.checks.append(Check(f"device {b.index}", b.planned_total, None, False, True,
-                                  "no reading for this device"))
+            v.checks.append(Check(CheckName.DEVICE_LIMIT, b.limit_bytes, None, False, True,
+                                  "no reading for this device", device=b.index))
             continue
-        engine_planned = b.planned_total - b.planned["other"]
+        engine_planned = b.planned_total - b.planned[Component.OTHER]
         # On the CPU the node's "used" moves with page cache and every other process; what
         # this launcher answers for is the memory others held at plan time plus its engine.
-        used = (b.planned["other"] + r.engine_bytes) if cpu and r.engine_bytes is not None \
+        used = (b.planned[Component.OTHER] + r.engine_bytes) if cpu and r.engine_bytes is not None \
             else r.used_bytes
         dev = {"index": b.index, "total_bytes": b.total_bytes, "limit_bytes": b.limit_bytes,
                "planned_bytes": b.planned_total, "used_bytes": used,
@@ -116,19 +144,20 @@ def verify(plan: Plan, readings: list[DeviceReading], figures: LogFigures,
                "headroom_fraction": round(1 - used / b.total_bytes, 4)}
         v.devices.append(dev)
         v.checks.append(Check(
-            f"device {b.index} used ≤ limit", b.limit_bytes, used, used <= b.limit_bytes, True,
-            f"{used / GiB:.2f} GiB used of {b.total_bytes / GiB:.2f} GiB; limit "
-            f"{b.limit_bytes / GiB:.2f} GiB ({dev['headroom_fraction']:.1%} free)"))
+            CheckName.DEVICE_LIMIT, b.limit_bytes, used, used <= b.limit_bytes, True,
+            f"{fmt_gib(used)} used of {fmt_gib(b.total_bytes)}; limit "
+            f"{fmt_gib(b.limit_bytes)} ({dev['headroom_fraction']:.1%} free)", device=b.index))
         if r.engine_bytes is not None:
-            v.checks.append(_component(f"device {b.index} engine memory", engine_planned,
-                                       r.engine_bytes, r.source))
+            v.checks.append(_component(CheckName.DEVICE_ENGINE, engine_planned, r.engine_bytes,
+                                       r.source, device=b.index))
     v.ok = not v.failures
     return v
 
 
-def _component(name: str, planned: float, measured: float, source: str) -> Check:
+def _component(what: CheckName, planned: float, measured: float, source: str,
+               device: int | None = None) -> Check:
     ok = _near(planned, measured)
     diff = measured - planned
-    return Check(name, int(planned), int(measured), ok, False,
-                 f"{source}: planned {planned / GiB:.3f} GiB, measured {measured / GiB:.3f} GiB "
-                 f"({'+' if diff >= 0 else ''}{diff / GiB:.3f} GiB)")
+    return Check(what, int(planned), int(measured), ok, False,
+                 f"{source}: planned {fmt_gib(planned, 3)}, measured {fmt_gib(measured, 3)} "
+                 f"({'+' if diff >= 0 else ''}{fmt_gib(diff, 3)})", device=device)

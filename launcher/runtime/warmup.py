@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import httpx
@@ -36,7 +37,8 @@ class WarmupResult:
         return {**asdict(self), "ok": self.ok}
 
 
-def wait_healthy(base_url: str, alive, timeout: float, interval: float = 0.5) -> float:
+def wait_healthy(base_url: str, alive: Callable[[], bool], timeout: float,
+                 interval: float = 0.5) -> float:
     """Seconds until GET /health answers 200. `alive()` False → EngineGone; timeout → TimeoutError."""
     t0 = time.monotonic()
     with httpx.Client(timeout=2.0) as client:

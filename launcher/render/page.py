@@ -9,16 +9,14 @@ from __future__ import annotations
 
 from html import escape
 
-from launcher.units import GiB
+from launcher.memory.components import COMPONENTS, LABELS, Component
+from launcher.units import fmt_gib
 
-COLORS = {"other": "#b05fc4", "runtime": "#d9a400", "weights": "#3b6fd8",
-          "activation": "#2bb0c4", "cuda_graphs": "#8a8a8a", "kv_cache": "#3aa655"}
-LABELS = {"other": "other processes", "runtime": "runtime", "weights": "weights",
-          "activation": "activation", "cuda_graphs": "CUDA graphs", "kv_cache": "KV cache"}
-
-
-def _g(n: float | None) -> str:
-    return "–" if n is None else f"{n / GiB:.2f} GiB"
+COLORS: dict[Component, str] = {
+    Component.OTHER: "#b05fc4", Component.RUNTIME: "#d9a400", Component.WEIGHTS: "#3b6fd8",
+    Component.ACTIVATION: "#2bb0c4", Component.CUDA_GRAPHS: "#8a8a8a",
+    Component.KV_CACHE: "#3aa655"}
+ENGINE_COLOR = "#1f7a3a"  # the engine's measured memory, one segment
 
 
 def _bar(segments: list[tuple[str, str, float]], total: int, limit: int, kind: str,
@@ -27,13 +25,13 @@ def _bar(segments: list[tuple[str, str, float]], total: int, limit: int, kind: s
     for name, color, n in segments:
         w = max(0.0, min(100.0, 100 * n / total))
         parts.append(f'<span class="seg" data-component="{name}" data-bytes="{int(n)}" '
-                     f'title="{escape(name)}: {_g(n)}" style="width:{w:.3f}%;'
+                     f'title="{escape(name)}: {fmt_gib(n)}" style="width:{w:.3f}%;'
                      f'background:{color}"></span>')
     lim = 100 * limit / total
     used = int(sum(n for _, _, n in segments))
     return (f'<div class="bar {kind}" data-kind="{kind}" data-device="{index}" '
             f'data-total-bytes="{used}">{"".join(parts)}'
-            f'<span class="limit" style="left:{lim:.3f}%" title="limit {_g(limit)}"></span></div>')
+            f'<span class="limit" style="left:{lim:.3f}%" title="limit {fmt_gib(limit)}"></span></div>')
 
 
 def render_page(s: dict) -> str:
@@ -57,31 +55,31 @@ def render_page(s: dict) -> str:
             used = src["used_bytes"]
             engine = src.get("engine_bytes", src.get("engine_measured_bytes"))
             other = g["planned"]["other"] if engine is not None else used
-            segs = [("other", COLORS["other"], max(0, used - engine) if engine is not None
+            segs = [("other", COLORS[Component.OTHER], max(0, used - engine) if engine is not None
                      else other)]
             if engine is not None:
-                segs.append(("engine", "#1f7a3a", engine))
+                segs.append(("engine", ENGINE_COLOR, engine))
             measured_html = _bar(segs, g["total_bytes"], g["limit_bytes"], "measured", i)
             m_used = used
         rows.append(
             f'<section class="gpu" data-index="{i}" data-planned-bytes="'
             f'{sum(g["planned"].values())}" data-limit-bytes="{g["limit_bytes"]}" '
             f'data-total-bytes="{g["total_bytes"]}" data-measured-bytes="{m_used or ""}">'
-            f'<h3>Device {i}: {escape(g["name"])} — {_g(g["total_bytes"])}, limit '
-            f'{_g(g["limit_bytes"])}</h3>'
+            f'<h3>Device {i}: {escape(g["name"])} — {fmt_gib(g["total_bytes"])}, limit '
+            f'{fmt_gib(g["limit_bytes"])}</h3>'
             f'<div class="row"><span class="lbl">planned</span>'
             f'{_bar(planned, g["total_bytes"], g["limit_bytes"], "planned", i)}'
-            f'<span class="val">{_g(sum(g["planned"].values()))}</span></div>'
+            f'<span class="val">{fmt_gib(sum(g["planned"].values()))}</span></div>'
             f'<div class="row"><span class="lbl">measured</span>{measured_html}'
-            f'<span class="val">{_g(m_used)}</span></div></section>')
-    legend = "".join(f'<span class="key"><i style="background:{c}"></i>{LABELS[k]}</span>'
-                     for k, c in COLORS.items())
-    legend += '<span class="key"><i style="background:#1f7a3a"></i>engine (measured)</span>'
+            f'<span class="val">{fmt_gib(m_used)}</span></div></section>')
+    legend = "".join(f'<span class="key"><i style="background:{COLORS[c]}"></i>{LABELS[c]}</span>'
+                     for c in COMPONENTS)
+    legend += f'<span class="key"><i style="background:{ENGINE_COLOR}"></i>engine (measured)</span>'
     decisions = "".join(
         f"<tr><th>{escape(str(d['name']))}</th><td>{escape(str(d['value']))}</td>"
         f"<td>{escape(str(d['reason']))}</td></tr>" for d in plan.get("decisions") or [])
     warn = "".join(
-        f'<p class="warn">device {i}: {_g(d["headroom_bytes"])} free, below the target; '
+        f'<p class="warn">device {i}: {fmt_gib(d["headroom_bytes"])} free, below the target; '
         f'held by {escape(", ".join(h["who"] for h in d["holders"][:3]))}</p>'
         for i, d in s["live"].items() if d["below_target"])
     return f"""<!doctype html>

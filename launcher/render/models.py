@@ -1,17 +1,21 @@
-"""Rich renderings for people; the same dicts go to `--json` for programs."""
+"""`launcher models` and `launcher estimate` for people; the same dicts go to `--json`."""
 
 from __future__ import annotations
 
-from rich.console import Group
+from typing import Any
+
+from rich.console import Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
 
+from launcher.units import GiB, fmt_gib
 
-def models_rows() -> list[dict]:
+
+def models_rows() -> list[dict[str, Any]]:
     from launcher.models.config import spec_from_config
     from launcher.models.profiles import all_profiles, profile_config
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for p in all_profiles():
         if p.local_dir:
             rows.append({"profile": p.key, "aliases": list(p.aliases), "repo_id": p.repo_id,
@@ -32,7 +36,7 @@ def models_rows() -> list[dict]:
     return rows
 
 
-def models_table(rows: list[dict]) -> Table:
+def models_table(rows: list[dict[str, Any]]) -> Table:
     t = Table(title="Built-in model profiles (launcher models --json for every alias)")
     for col in ("profile", "params", "layers", "attention", "MoE", "context", "weights"):
         t.add_column(col, no_wrap=col == "profile")
@@ -44,13 +48,14 @@ def models_table(rows: list[dict]) -> Table:
     return t
 
 
-def _g(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f} GiB"
+def _gib_figure(v: float | None) -> str:
+    """The estimate's figures are GiB already (vLLM's own unit)."""
+    return fmt_gib(None if v is None else v * GiB)
 
 
-def estimate_panel(e: dict) -> Panel:
+def estimate_panel(e: dict[str, Any]) -> Panel:
     head = (f"model {e['model']['name']} ({e['model']['source']}) on {e['gpu']}, "
-            f"{_g(e['total_gib'])} CUDA-visible · vLLM {e['engine_version_source']}")
+            f"{_gib_figure(e['total_gib'])} CUDA-visible · vLLM {e['engine_version_source']}")
     if not e["starts"]:
         body = Group(head, f"[bold red]vLLM would not start:[/] {e['error']}")
         return Panel(body, title="estimate", border_style="red")
@@ -60,9 +65,9 @@ def estimate_panel(e: dict) -> Panel:
     for label, key in (("weights", "weights_gib"), ("activation peak", "activation_gib"),
                        ("non-torch", "non_torch_gib"), ("CUDA graphs", "cuda_graph_gib"),
                        ("KV cache", "kv_cache_gib"), ("peak used", "peak_used_gib")):
-        t.add_row(label, _g(e[key]))
+        t.add_row(label, _gib_figure(e[key]))
     r = e["resolved"]
-    lines = [
+    lines: list[RenderableType] = [
         head, t,
         f"KV cache: {e['kv_cache_tokens']:,} tokens · max concurrency at "
         f"{r['max_model_len']:,} tokens: {e['max_concurrency']:.2f}x",

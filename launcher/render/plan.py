@@ -5,20 +5,17 @@ JSON can never disagree."""
 from __future__ import annotations
 
 from rich import box
-from rich.console import Group
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from launcher.units import GiB
+from launcher.memory.components import COMPONENTS, SHORT_LABELS, Component
+from launcher.units import fmt_gib
 
-COLORS = {"other": "magenta", "runtime": "yellow", "weights": "blue", "activation": "cyan",
-          "cuda_graphs": "bright_black", "kv_cache": "green"}
-LABELS = {"other": "other", "runtime": "runtime", "weights": "weights", "activation": "activ",
-          "cuda_graphs": "graphs", "kv_cache": "KV"}
-
-
-def _g(n: int | float | None) -> str:
-    return "–" if n is None else f"{n / GiB:.2f}"
+COLORS: dict[Component, str] = {
+    Component.OTHER: "magenta", Component.RUNTIME: "yellow", Component.WEIGHTS: "blue",
+    Component.ACTIVATION: "cyan", Component.CUDA_GRAPHS: "bright_black",
+    Component.KV_CACHE: "green"}
 
 
 def budget_bar(gpu: dict, width: int = 30) -> Text:
@@ -44,15 +41,15 @@ def budget_bar(gpu: dict, width: int = 30) -> Text:
 
 def legend() -> Text:
     t = Text("  ")
-    for comp, color in COLORS.items():
-        t.append("█ ", style=color)
-        t.append(LABELS[comp] + "  ")
+    for comp in COMPONENTS:
+        t.append("█ ", style=COLORS[comp])
+        t.append(SHORT_LABELS[comp] + "  ")
     t.append("│ limit  · free", style="dim")
     return t
 
 
 def plan_view(p: dict) -> Group:
-    parts: list = []
+    parts: list[RenderableType] = []
     m = p["model"]
     head = Text()
     head.append(f"{m['name']}", style="bold")
@@ -93,23 +90,24 @@ def _decision_table(p: dict) -> Table:
     for d in p["decisions"]:
         v = d["value"]
         if d["name"] == "kv_cache_memory_bytes":
-            v = f"{v / GiB:.2f} GiB"
+            v = fmt_gib(v)
         t.add_row(d["name"], "–" if v is None else str(v), d["reason"])
     return t
 
 
 def _budget_table(p: dict) -> Table:
     names = sorted({g["name"] for g in p["gpus"]})
-    totals = sorted({f"{g['total_bytes'] / GiB:.2f}" for g in p["gpus"]})
+    totals = sorted({fmt_gib(g["total_bytes"], unit=False) for g in p["gpus"]})
     t = Table(title=f"Per-GPU budget in GiB ({', '.join(names)}, {'/'.join(totals)} GiB; "
               f"limit = {1 - p['headroom']:.0%})", title_justify="left", box=box.SIMPLE_HEAD,
               pad_edge=False)
-    for col in ("GPU", "limit", *[LABELS[c] for c in COLORS], "free"):
+    for col in ("GPU", "limit", *[SHORT_LABELS[c] for c in COMPONENTS], "free"):
         t.add_column(col, justify="left" if col == "GPU" else "right", no_wrap=True)
     for g in p["gpus"]:
         pl = g["planned"]
-        t.add_row(str(g["index"]), _g(g["limit_bytes"]),
-                  *[_g(pl[c]) for c in COLORS], f"{g['headroom_fraction']:.0%}")
+        t.add_row(str(g["index"]), fmt_gib(g["limit_bytes"], unit=False),
+                  *[fmt_gib(pl[c], unit=False) for c in COMPONENTS],
+                  f"{g['headroom_fraction']:.0%}")
     return t
 
 

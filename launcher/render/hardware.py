@@ -5,18 +5,14 @@ from __future__ import annotations
 from rich.table import Table
 
 from launcher.hardware.inventory import GpuInfo, Inventory
-from launcher.units import gib
-
-
-def _gib(n: int | None) -> str:
-    return "-" if n is None else f"{gib(n):.2f}"
+from launcher.units import fmt_gib
 
 
 def _others(g: GpuInfo) -> str:
     if not g.processes:
         return "-"
     parts = [f"{p.pid}" + (f" {p.name}" if p.name else "")
-             + ("" if p.used_bytes is None else f" {_gib(p.used_bytes)} GiB") for p in g.processes]
+             + ("" if p.used_bytes is None else f" {fmt_gib(p.used_bytes)}") for p in g.processes]
     return ", ".join(parts)
 
 
@@ -31,7 +27,8 @@ def inventory_table(inv: Inventory) -> Table:
         name = g.name + (f" [{g.catalog_name}]" if g.catalog_name and g.catalog_name != g.name
                          else "") + (" (simulated)" if g.simulated else "")
         table.add_row(
-            str(g.index), name, _gib(g.total_bytes), _gib(g.free_bytes), _gib(g.used_bytes),
+            str(g.index), name, fmt_gib(g.total_bytes, unit=False),
+            fmt_gib(g.free_bytes, unit=False), fmt_gib(g.used_bytes, unit=False),
             _others(g), f"{g.compute_capability[0]}.{g.compute_capability[1]}",
             {True: "on", False: "off", None: "?"}[g.mig_mode],
             ",".join(map(str, g.nvlink_peers)) or "-",
@@ -45,5 +42,5 @@ def host_line(inv: Inventory) -> str:
     if inv.host is None:
         return f"host: not read; {drv}"
     h = inv.host
-    return (f"host: {h.cpu_count} CPUs, RAM {_gib(h.available_ram_bytes)} of "
-            f"{_gib(h.total_ram_bytes)} GiB available; {drv}")
+    return (f"host: {h.cpu_count} CPUs, RAM {fmt_gib(h.available_ram_bytes, unit=False)} of "
+            f"{fmt_gib(h.total_ram_bytes)} available; {drv}")
