@@ -48,7 +48,7 @@ if [ -z "$model" ]; then
 fi
 
 if ! command -v serve >/dev/null 2>&1; then
-    log "serve is not on PATH ($PATH): install the launcher (pip install /path/to/checkout)"
+    log "serve is not on PATH ($PATH): install vllm-headroom (pip install /path/to/checkout)"
     exit 127
 fi
 

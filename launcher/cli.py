@@ -1,249 +1,179 @@
 """Command line: parse → call → render. No logic of its own.
 
-Every option also reads `LAUNCHER_<NAME>` from the environment. Expected failures print what
-failed, how to fix it and a runnable hint, and exit with the code of their kind
-(`launcher.errors`); `LAUNCHER_DEBUG=1` shows the traceback. Heavy modules (NVML, hub) load
-only inside the commands that need them, so `--help` and dry estimates stay fast.
+The options of `gpus`, `models`, `estimate`, `plan` and `serve` are not written here: each
+command's signature is built from the registry in `launcher.options` (flags, help, the
+`LAUNCHER_<NAME>` variable), and the registry settles and parses the values (CLI > env >
+profile > default) and builds the objects the core receives. Click only reads the command
+line. Expected failures print what failed, how to fix it and a runnable hint, and exit with
+the code of their kind (`launcher.errors`); `LAUNCHER_DEBUG=1` shows the traceback. Heavy
+modules (NVML, hub, engine, API) load only inside the commands that need them, so `--help`
+and dry runs stay fast.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
-from typing import Annotated
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from launcher.errors import InputError, LauncherError
+from launcher import options, policy
+from launcher.errors import DoesNotFitError, InputError, LauncherError
+from launcher.options import Option
+from launcher.settings import Setting
+
+if TYPE_CHECKING:
+    from launcher.runtime.serve import ControlApi
+    from launcher.runtime.state import ControlState
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   pretty_exceptions_enable=False,
                   help="Memory-aware launcher for vLLM: inventory, estimate, plan, serve.")
 
 
-def _env(name: str) -> str:
-    return f"LAUNCHER_{name.upper()}"
+# ---- signatures from the registry -----------------------------------------------------------
+
+def _help(o: Option) -> str:
+    """The option's help with click's own suffix: [env var: …; default: …; range]."""
+    extra = [f"env var: {o.env_var}"] if o.env_var else []
+    if o.default_text is not None:
+        extra.append(f"default: {o.default_text}")
+    if o.range_text:
+        extra.append(o.range_text)
+    return f"{o.help}  [{'; '.join(extra)}]" if extra else o.help
 
 
-GpusOpt = Annotated[str | None, typer.Option(
-    "--gpus", envvar=_env("gpus"),
-    help="Simulated GPUs, e.g. 2xH100-80GB, 8xA100-40GB, 1xRTX4090 (see profiles/gpus.yaml).")]
-InventoryOpt = Annotated[str | None, typer.Option(
-    "--inventory-file", envvar=_env("inventory_file"),
-    help="Replay a GPU snapshot written by `launcher gpus --json`.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+def _parameter(o: Option) -> inspect.Parameter:
+    """The Typer parameter of one option. Values reach the command as text (None: not on the
+    command line) so that one parser, in `launcher.options`, reads CLI and environment alike."""
+    default: object = None
+    annotation: object
+    if o.argument:
+        annotation = Annotated[str | None, typer.Argument(help=_help(o), show_default=False,
+                                                          metavar=o.name)]
+    elif o.kind == "switch":
+        annotation = Annotated[bool, typer.Option(*o.cli_flags, help=o.help)]
+        default = False
+    elif o.kind == "bool":
+        flag = o.cli_flags[0]
+        annotation = Annotated[bool | None, typer.Option(f"{flag}/--no-{flag[2:]}",
+                                                         help=_help(o), show_default=False)]
+    else:
+        annotation = Annotated[str | None, typer.Option(*o.cli_flags, help=_help(o),
+                                                        metavar=o.metavar, show_default=False)]
+    return inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                             annotation=annotation)
+
+
+def _command(application: typer.Typer, command: str,
+             name: str | None = None) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register `fn(**given)` as `command`, its signature built from the registry."""
+    def register(fn: Callable[..., None]) -> Callable[..., None]:
+        params = [_parameter(o) for o in options.options_for(command)]
+        fn.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        fn.__annotations__ = {p.name: p.annotation for p in params}
+        application.command(name)(fn)
+        return fn
+    return register
+
+
+def _settle(command: str, given: dict[str, Any], model: str | None = None) -> dict[str, Setting]:
+    """Each setting's value and where it came from: CLI > env > the model profile > default."""
+    profile = None
+    if model and command in options.PLANNING:
+        from launcher.models.profiles import find_profile
+
+        profile = find_profile(model)
+    return options.settle_command(command, given,
+                                  profile_defaults=profile.launcher_defaults if profile else None,
+                                  profile_key=profile.key if profile else None)
 
 
 def _print_json(obj: object) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
 
-@app.command()
-def gpus(gpus: GpusOpt = None, inventory_file: InventoryOpt = None, json_out: JsonOpt = False):
+# ---- commands -------------------------------------------------------------------------------
+
+@_command(app, "gpus")
+def gpus(**given: Any) -> None:
     """The GPUs this process can use (NVML), honouring CUDA_VISIBLE_DEVICES."""
     from launcher.hardware import get_inventory
     from launcher.hardware.host import read_host
 
-    inv = get_inventory(gpus=gpus, inventory_file=inventory_file)
+    v = options.values(_settle("gpus", given))
+    inv = get_inventory(gpus=options.text(v, "gpus"),
+                        inventory_file=options.text(v, "inventory_file"))
     if inv.host is None and inv.source == "nvml":
         from dataclasses import replace
 
         inv = replace(inv, host=read_host())
-    if json_out:
+    if given["json"]:
         _print_json(inv.to_dict())
         return
     from rich.console import Console
 
-    from launcher.render_hardware import host_line, inventory_table
+    from launcher.render.hardware import host_line, inventory_table
 
     console = Console()
     console.print(inventory_table(inv))
     console.print(host_line(inv))
 
 
-@app.command()
-def models(json_out: JsonOpt = False):
+@_command(app, "models")
+def models(**given: Any) -> None:
     """Built-in model profiles with their aliases and key facts."""
-    from launcher.render import models_rows
+    from launcher.render.models import models_rows
 
     rows = models_rows()
-    if json_out:
+    if given["json"]:
         _print_json(rows)
         return
     from rich.console import Console
 
-    from launcher.render import models_table
+    from launcher.render.models import models_table
 
     Console().print(models_table(rows))
 
 
-@app.command()
-def estimate(
-    model: Annotated[str, typer.Argument(help="Profile alias, local model directory or HF repo id.")],
-    gpus: GpusOpt = None,
-    inventory_file: InventoryOpt = None,
-    tp: Annotated[int, typer.Option("--tp", "--tensor-parallel-size", min=1,
-                                    envvar=_env("tp"))] = 1,
-    pp: Annotated[int, typer.Option("--pp", "--pipeline-parallel-size", min=1,
-                                    envvar=_env("pp"))] = 1,
-    dp: Annotated[int, typer.Option("--dp", "--data-parallel-size", min=1,
-                                    envvar=_env("dp"))] = 1,
-    dtype: Annotated[str, typer.Option(envvar=_env("dtype"),
-                                       help="auto, bfloat16, float16")] = "auto",
-    quantization: Annotated[str | None, typer.Option(envvar=_env("quantization"))] = None,
-    kv_cache_dtype: Annotated[str, typer.Option(envvar=_env("kv_cache_dtype"),
-                                                help="auto or fp8")] = "auto",
-    max_model_len: Annotated[int | None, typer.Option(min=1, envvar=_env("max_model_len"))] = None,
-    max_num_seqs: Annotated[int | None, typer.Option(min=1, envvar=_env("max_num_seqs"))] = None,
-    max_num_batched_tokens: Annotated[int | None, typer.Option(
-        min=1, envvar=_env("max_num_batched_tokens"))] = None,
-    gpu_memory_utilization: Annotated[float | None, typer.Option(
-        envvar=_env("gpu_memory_utilization"), help="Fraction in (0, 1].")] = None,
-    kv_cache_memory_bytes: Annotated[int | None, typer.Option(
-        min=1, envvar=_env("kv_cache_memory_bytes"))] = None,
-    enforce_eager: Annotated[bool, typer.Option(envvar=_env("enforce_eager"))] = False,
-    engine_version: Annotated[str | None, typer.Option(envvar=_env("engine_version"))] = None,
-    json_out: JsonOpt = False,
-):
+@_command(app, "estimate")
+def estimate(**given: Any) -> None:
     """Predict what plain vLLM does with exactly these flags (worst rank)."""
+    from launcher.engines.calibration import calibration_for
     from launcher.engines.version import choose_version
     from launcher.hardware import get_inventory
-    from launcher.memory.estimate import EngineFlags
     from launcher.memory.estimate import estimate as run_estimate
-    from launcher.memory.overheads import calibration_for
     from launcher.models.resolve import resolve_model
 
-    if gpu_memory_utilization is not None and kv_cache_memory_bytes is not None:
-        raise InputError("--gpu-memory-utilization and --kv-cache-memory-bytes both given",
-                         fix="vLLM sizes the KV cache by one or the other; keep one.")
-    if gpu_memory_utilization is not None and not 0 < gpu_memory_utilization <= 1:
-        raise InputError(f"--gpu-memory-utilization {gpu_memory_utilization} is outside (0, 1]",
-                         fix="Pass the fraction of GPU memory vLLM may use, e.g. 0.9.")
-    if kv_cache_dtype not in ("auto", "fp8", "fp8_e4m3", "fp8_e5m2"):
-        raise InputError(f"--kv-cache-dtype {kv_cache_dtype!r} is not auto or fp8",
-                         fix="Use --kv-cache-dtype auto or --kv-cache-dtype fp8.")
-    from launcher.models.spec import TORCH_DTYPES
-
-    if dtype != "auto" and dtype.lower() not in TORCH_DTYPES:
-        raise InputError(f"--dtype {dtype!r} is not a dtype vLLM serves",
-                         fix="Use auto, bfloat16 or float16.")
-    version, version_source = choose_version(engine_version)
+    model = options.model_argument(given["model"])
+    v = options.values(_settle("estimate", given))  # plain vLLM: no profile defaults
+    flags = options.engine_flags(v)
+    version, version_source = choose_version(options.text(v, "engine_version"))
     cal = calibration_for(version)
-    inv = get_inventory(gpus=gpus, inventory_file=inventory_file)
+    inv = get_inventory(gpus=options.text(v, "gpus"),
+                        inventory_file=options.text(v, "inventory_file"))
     spec = resolve_model(model)
-    flags = EngineFlags(tensor_parallel_size=tp, pipeline_parallel_size=pp,
-                        data_parallel_size=dp, dtype=dtype, quantization=quantization,
-                        kv_cache_dtype=kv_cache_dtype, max_model_len=max_model_len,
-                        max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-                        gpu_memory_utilization=gpu_memory_utilization,
-                        kv_cache_memory_bytes=kv_cache_memory_bytes, enforce_eager=enforce_eager)
     result = run_estimate(spec, list(inv.gpus), flags, cal,
                           version_source=f"{version} ({version_source})")
     out = result.to_json()
-    out["model"] = {"name": spec.name, "source": spec.source, "assumptions": spec.assumptions}
-    if json_out:
+    out["model"] = {"name": spec.name, "source": spec.source,
+                    "assumptions": list(spec.assumptions)}
+    if given["json"]:
         _print_json(out)
     else:
         from rich.console import Console
 
-        from launcher.render import estimate_panel
+        from launcher.render.models import estimate_panel
 
         Console().print(estimate_panel(out))
-    raise typer.Exit(0 if result.starts else 3)
+    raise typer.Exit(0 if result.starts else DoesNotFitError.exit_code)
 
 
-HeadroomOpt = Annotated[float, typer.Option(
-    envvar=_env("headroom"), help="Fraction of each GPU's memory that stays free while serving.")]
-MaxLenOpt = Annotated[int | None, typer.Option(
-    envvar=_env("max_model_len"), help="Context cap in tokens (default: the model's maximum).")]
-MinCtxOpt = Annotated[int | None, typer.Option(
-    envvar=_env("min_context"),
-    help="Shortest context the planner may step down to (default 4096 or the model maximum).")]
-MinConcOpt = Annotated[int, typer.Option(
-    envvar=_env("min_concurrency"), help="Full-length sequences each replica must hold at once.")]
-QuantOpt = Annotated[str, typer.Option(
-    envvar=_env("quantization"), help="auto, none, fp8, awq, gptq, bitsandbytes or 4bit.")]
-KvOpt = Annotated[str, typer.Option(envvar=_env("kv_cache_dtype"),
-                                    help="auto (planner decides) or fp8.")]
-TpOpt = Annotated[str, typer.Option("--tp", envvar=_env("tp"), help="auto or a size.")]
-PpOpt = Annotated[str, typer.Option("--pp", envvar=_env("pp"), help="auto or a size.")]
-ObjectiveOpt = Annotated[str, typer.Option(envvar=_env("objective"),
-                                           help="throughput (fewest GPUs per replica, more "
-                                                "replicas) or latency (largest TP).")]
-EngineVersionOpt = Annotated[str | None, typer.Option(envvar=_env("engine_version"),
-                                                      help="vLLM version to plan for.")]
-EagerOpt = Annotated[bool, typer.Option(envvar=_env("enforce_eager"),
-                                        help="No CUDA graphs (less memory, slower decode).")]
-EnginePythonOpt = Annotated[str | None, typer.Option(
-    envvar=_env("engine_python"), help="Python interpreter with vLLM (default: this one).")]
-DeviceOpt = Annotated[str, typer.Option(
-    envvar=_env("device"), help="auto (GPUs if NVML finds any, else vLLM's CPU backend), cuda or cpu.")]
-HostOpt = Annotated[str, typer.Option(envvar=_env("host"), help="Address the server binds.")]
-PortOpt = Annotated[int, typer.Option(envvar=_env("port"), help="Port of the OpenAI API.")]
-
-
-def _size(name: str, value: str) -> int | None:
-    if value.strip().lower() == "auto":
-        return None
-    try:
-        n = int(value)
-    except ValueError:
-        raise InputError(f"{name} {value!r} is not auto or a whole number",
-                         fix=f"Use {name} auto or e.g. {name} 2.") from None
-    if n < 1:
-        raise InputError(f"{name} {n} is below 1", fix=f"Use {name} auto or a positive size.")
-    return n
-
-
-PLAN_OPTIONS = ("gpus", "inventory_file", "headroom", "max_model_len", "min_context",
-                "min_concurrency", "quantization", "kv_cache_dtype", "tp", "pp", "objective",
-                "engine_version", "enforce_eager", "engine_python", "host", "port", "device",
-                "engine_args")
-
-
-def _settle(ctx: typer.Context, model: str, names: tuple[str, ...]) -> dict:
-    """Each option's value and where it came from: CLI > env > the model profile > default."""
-    from launcher.models.profiles import find_profile
-    from launcher.settings import settle
-
-    sources = {}
-    for name in names:
-        src = ctx.get_parameter_source(name)
-        label = getattr(src, "name", str(src)).upper()
-        sources[name] = "cli" if label == "COMMANDLINE" else "env" if label == "ENVIRONMENT" \
-            else "default"
-    profile = find_profile(model) if model else None
-    defaults = {k: v for k, v in (profile.launcher_defaults if profile else {}).items()
-                if k in names}
-    return settle({n: ctx.params[n] for n in names}, sources, defaults,
-                  profile.key if profile else None)
-
-
-def _request(settings: dict):
-    import shlex
-
-    from launcher.planner import PlanRequest
-    from launcher.prepare import Target
-
-    v = {k: s.value for k, s in settings.items()}
-    req = PlanRequest(headroom=v["headroom"], max_model_len=v["max_model_len"],
-                      min_context=v["min_context"], min_concurrency=v["min_concurrency"],
-                      quantization=v["quantization"], kv_cache_dtype=v["kv_cache_dtype"],
-                      tp=_size("--tp", str(v["tp"])), pp=_size("--pp", str(v["pp"])),
-                      objective=v["objective"], enforce_eager=v["enforce_eager"])
-    try:
-        extra = tuple(shlex.split(v["engine_args"] or ""))
-    except ValueError as e:
-        raise InputError(f"--engine-args / LAUNCHER_ENGINE_ARGS cannot be parsed: {e}",
-                         fix="Quote it as a shell would, e.g. --engine-args '--seed 1'.") from e
-    target = Target(gpus=v["gpus"], inventory_file=v["inventory_file"],
-                    engine_version=v["engine_version"], engine_python=v["engine_python"],
-                    host=v["host"], port=v["port"], device=v["device"], engine_args=extra)
-    return req, target
-
-
-def _secrets(settings: dict) -> list[str]:
+def _secrets(settings: dict[str, Setting]) -> list[str]:
     import shlex
 
     from launcher.redact import secret_flag_values, secrets_from_env
@@ -256,13 +186,16 @@ def _secrets(settings: dict) -> list[str]:
     return secrets_from_env() + secret_flag_values(flags)
 
 
-def _settings_json(settings: dict) -> dict:
+def _settings_json(settings: dict[str, Setting]) -> dict[str, Any]:
+    """Each setting's {value, source}, secrets redacted."""
     from launcher.redact import redact_obj
 
-    return redact_obj({k: s.to_json() for k, s in settings.items()}, _secrets(settings))
+    redacted: dict[str, Any] = redact_obj({k: s.to_json() for k, s in settings.items()},
+                                          _secrets(settings))
+    return redacted
 
 
-def _print_settings(settings: dict) -> None:
+def _print_settings(settings: dict[str, Setting]) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -275,65 +208,36 @@ def _print_settings(settings: dict) -> None:
     Console().print(t)
 
 
-def _plan_and_print(model: str, settings: dict, *, json_out: bool, explain: bool) -> None:
-    from launcher.prepare import build_plan
+def _plan_and_print(model: str, settings: dict[str, Setting], *, json_out: bool,
+                    explain: bool) -> None:
+    from dataclasses import replace
 
-    req, target = _request(settings)
-    p = build_plan(model, req, target)
+    from launcher.prepare import build_plan
     from launcher.redact import redact_obj
 
-    p.settings = _settings_json(settings)
+    v = options.values(settings)
+    p = build_plan(model, options.plan_request(v), options.target(v))
+    p = replace(p, settings=_settings_json(settings))
     out = redact_obj(p.to_json(), _secrets(settings))
     if json_out:
         _print_json(out)
     else:
         from rich.console import Console
 
-        from launcher.render_plan import plan_view
+        from launcher.render.plan import plan_view
 
         if explain:
             _print_settings(settings)
         Console().print(plan_view(out))
-    raise typer.Exit(0 if p.feasible else 3)
+    raise typer.Exit(0 if p.feasible else DoesNotFitError.exit_code)
 
 
-ModelArg = Annotated[str, typer.Argument(
-    envvar=_env("model"), help="Profile alias, local model directory or HF repo id "
-    "(LAUNCHER_MODEL).")]
-ExplainOpt = Annotated[bool, typer.Option(
-    "--explain", help="Also show where every option's value came from.")]
-EngineArgsOpt = Annotated[str | None, typer.Option(
-    envvar=_env("engine_args"), help="Extra vLLM flags, checked against the plan.")]
-
-
-@app.command()
-def plan(
-    ctx: typer.Context,
-    model: ModelArg,
-    gpus: GpusOpt = None,
-    inventory_file: InventoryOpt = None,
-    headroom: HeadroomOpt = 0.2,
-    max_model_len: MaxLenOpt = None,
-    min_context: MinCtxOpt = None,
-    min_concurrency: MinConcOpt = 8,
-    quantization: QuantOpt = "auto",
-    kv_cache_dtype: KvOpt = "auto",
-    tp: TpOpt = "auto",
-    pp: PpOpt = "auto",
-    objective: ObjectiveOpt = "throughput",
-    engine_version: EngineVersionOpt = None,
-    enforce_eager: EagerOpt = False,
-    engine_python: EnginePythonOpt = None,
-    host: HostOpt = "127.0.0.1",
-    port: PortOpt = 8000,
-    device: DeviceOpt = "auto",
-    engine_args: EngineArgsOpt = None,
-    explain: ExplainOpt = False,
-    json_out: JsonOpt = False,
-):
+@_command(app, "plan")
+def plan(**given: Any) -> None:
     """The launch plan for MODEL on these GPUs, with every decision explained (starts nothing)."""
-    _plan_and_print(model, _settle(ctx, model, PLAN_OPTIONS), json_out=json_out,
-                    explain=explain)
+    model = options.model_argument(given["model"])
+    _plan_and_print(model, _settle("plan", given, model), json_out=given["json"],
+                    explain=given["explain"])
 
 
 @app.command("demo-model")
@@ -341,7 +245,7 @@ def demo_model(
     directory: Annotated[str | None, typer.Argument(
         help="Where to build it (default: $LAUNCHER_CACHE_DIR/demo-model).")] = None,
     force: Annotated[bool, typer.Option(help="Rebuild even if it is already there.")] = False,
-):
+) -> None:
     """Build the tiny demo model (random weights, trained BPE tokenizer; no download)."""
     from pathlib import Path
 
@@ -355,10 +259,10 @@ def demo_model(
         print(f"already built: {path}")
 
 
-def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
+def _click_exceptions() -> tuple[tuple[type[Exception], ...], tuple[type[Exception], ...]]:
     """(usage-error types, abort types) of click and of typer's vendored copy of it."""
-    usage: list[type] = []
-    abort: list[type] = []
+    usage: list[type[Exception]] = []
+    abort: list[type[Exception]] = []
     for mod in ("click.exceptions", "typer._click.exceptions"):
         try:
             m = __import__(mod, fromlist=["ClickException"])
@@ -375,7 +279,7 @@ def _run(argv: list[str] | None, prog: str, application: typer.Typer) -> None:
     try:
         rc = application(args=argv, prog_name=prog, standalone_mode=False)
     except LauncherError as e:
-        if os.environ.get("LAUNCHER_DEBUG") == "1":
+        if os.environ.get(options.env_var("debug")) == "1":
             raise
         _print_error(e)
         sys.exit(e.exit_code)
@@ -407,78 +311,37 @@ def main(argv: list[str] | None = None) -> None:
 
 
 serve_app = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False,
-                        help="Serve a model with a memory plan that keeps 20 % of each GPU free.")
+                        help="Serve a model with a memory plan that keeps "
+                             f"{policy.DEFAULT_HEADROOM:.0%} of each GPU free.")
 
 
-@serve_app.command()
-def serve(
-    ctx: typer.Context,
-    model: ModelArg,
-    gpus: GpusOpt = None,
-    inventory_file: InventoryOpt = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan only; start nothing.")] = False,
-    headroom: HeadroomOpt = 0.2,
-    max_model_len: MaxLenOpt = None,
-    min_context: MinCtxOpt = None,
-    min_concurrency: MinConcOpt = 8,
-    quantization: QuantOpt = "auto",
-    kv_cache_dtype: KvOpt = "auto",
-    tp: TpOpt = "auto",
-    pp: PpOpt = "auto",
-    objective: ObjectiveOpt = "throughput",
-    engine_version: EngineVersionOpt = None,
-    enforce_eager: EagerOpt = False,
-    engine_python: EnginePythonOpt = None,
-    host: HostOpt = "127.0.0.1",
-    port: PortOpt = 8000,
-    device: DeviceOpt = "auto",
-    engine_args: EngineArgsOpt = None,
-    report: Annotated[str | None, typer.Option(
-        envvar=_env("report"), help="Write the launch report (JSON) here.")] = None,
-    fit_report: Annotated[str | None, typer.Option(
-        envvar=_env("fit_report"),
-        help="Where every run writes fit-report.json (default: the launcher cache).")] = None,
-    max_attempts: Annotated[int, typer.Option(
-        envvar=_env("max_attempts"), help="Launches to try, stepping down after each failure.")] = 3,
-    log_dir: Annotated[str | None, typer.Option(
-        envvar=_env("log_dir"), help="Where engine logs go (default: the launcher cache).")] = None,
-    ready_timeout: Annotated[float, typer.Option(
-        envvar=_env("ready_timeout"), help="Seconds to wait for the engine's /health.")] = 1200.0,
-    control_host: Annotated[str, typer.Option(
-        envvar=_env("control_host"), help="Address of the control API.")] = "127.0.0.1",
-    control_port: Annotated[int, typer.Option(
-        envvar=_env("control_port"), help="Port of the control API (0: no control API).")] = 8001,
-    monitor_interval: Annotated[float, typer.Option(
-        envvar=_env("monitor_interval"), help="Seconds between live memory samples.")] = 5.0,
-    explain: ExplainOpt = False,
-    json_out: JsonOpt = False,
-):
+@_command(serve_app, "serve")
+def serve(**given: Any) -> None:
     """Plan, launch, warm up, verify and serve MODEL (`--dry-run`: print the plan only)."""
-    settings = _settle(ctx, model, (*PLAN_OPTIONS, "report", "fit_report", "max_attempts",
-                                    "log_dir", "ready_timeout", "control_host", "control_port",
-                                    "monitor_interval"))
-    if dry_run:
-        _plan_and_print(model, settings, json_out=json_out, explain=explain)
-    from pathlib import Path
-
-    from rich.console import Console
-
-    from launcher.runtime.serve import ServeOptions, run_serve
-
-    if json_out:
+    model = options.model_argument(given["model"])
+    settings = _settle("serve", given, model)
+    if given["dry_run"]:
+        _plan_and_print(model, settings, json_out=given["json"], explain=given["explain"])
+    if given["json"]:
         raise InputError("--json goes with --dry-run", fix="serve prints progress; its JSON "
                          "record is the --report file.")
-    if explain:
+    from rich.console import Console
+
+    from launcher.runtime.serve import run_serve
+
+    if given["explain"]:
         _print_settings(settings)
-    req, target = _request(settings)
-    v = {k: s.value for k, s in settings.items()}
-    opts = ServeOptions(
-        report=Path(v["report"]) if v["report"] else None, max_attempts=v["max_attempts"],
-        log_dir=Path(v["log_dir"]) if v["log_dir"] else None, ready_timeout=v["ready_timeout"],
-        control_host=v["control_host"], control_port=v["control_port"],
-        fit_report=Path(v["fit_report"]) if v["fit_report"] else None,
-        monitor_interval=v["monitor_interval"], settings=_settings_json(settings))
-    raise typer.Exit(run_serve(model, req, target, opts, Console(highlight=False)))
+    v = options.values(settings)
+    opts = options.serve_options(v, _settings_json(settings))
+    raise typer.Exit(run_serve(model, options.plan_request(v), options.target(v), opts,
+                               Console(highlight=False), control=_start_control_api))
+
+
+def _start_control_api(state: ControlState, host: str, port: int) -> ControlApi:
+    """The control API (FastAPI), imported only when `serve` starts one."""
+    from launcher.api.app import start_control_api
+
+    return start_control_api(state, host, port)
 
 
 def serve_main(argv: list[str] | None = None) -> None:

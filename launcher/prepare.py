@@ -15,6 +15,7 @@ from launcher.memory.calibration import Device
 from launcher.models.spec import ModelSpec
 from launcher.planner import Plan, PlanRequest
 from launcher.planner import plan as make_plan
+from launcher.policy import DEFAULT_HOST, DEFAULT_PORT
 
 
 @dataclass(frozen=True)
@@ -25,8 +26,8 @@ class Target:
     inventory_file: str | None = None
     engine_version: str | None = None
     engine_python: str | None = None
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
     device: str = "auto"  # auto | cuda | cpu
     engine_args: tuple[str, ...] = ()  # passthrough vLLM flags, checked against the plan
 

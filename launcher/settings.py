@@ -1,8 +1,8 @@
 """The user's request as settled values, each with where it came from.
 
 Precedence: command line > environment (`LAUNCHER_<NAME>`) > the model profile's
-`launcher_defaults:` > built-in defaults. The CLI layer reads the first two from click's own
-record of each parameter's source; this module adds the profile layer and keeps provenance, so
+`launcher_defaults:` > built-in defaults. `launcher.options` declares every option, reads the
+first two layers and parses each value; this module picks the layer and keeps provenance, so
 `--explain`, `/plan` and the report can say why a value is what it is.
 Secrets are handled by `launcher.redact`.
 """
@@ -20,7 +20,7 @@ class Setting:
     value: Any
     source: str  # "cli", "env:LAUNCHER_X", "profile:<key>", "default"
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"value": self.value, "source": self.source}
 
 
@@ -30,8 +30,8 @@ def env_name(name: str) -> str:
 
 def settle(params: Mapping[str, Any], sources: Mapping[str, str],
            profile_defaults: Mapping[str, Any], profile_key: str | None) -> dict[str, Setting]:
-    """`sources` maps each param to "cli", "env" or "default" (as parsed); a profile default
-    replaces a built-in default only."""
+    """`params` holds each value as parsed and `sources` where it was read: "cli", "env" or
+    "default"; a profile default replaces a built-in default only."""
     out: dict[str, Setting] = {}
     for name, value in params.items():
         src = sources.get(name, "default")

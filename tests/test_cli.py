@@ -64,6 +64,27 @@ def test_env_var_sets_an_option() -> None:
     assert p.returncode == 0 and json.loads(p.stdout)["resolved"]["kv_cache_dtype"] == "fp8"
 
 
+def test_tp_from_the_environment_is_the_flag() -> None:
+    by_env = run_cli("estimate", "deepseek-67b", "--gpus", "2xH100-80GB", "--json",
+                     env={"LAUNCHER_TP": "2"})
+    assert by_env.returncode == 0, by_env.stderr
+    assert json.loads(by_env.stdout) == _ok_json("deepseek-67b", "--gpus", "2xH100-80GB",
+                                                 "--tensor-parallel-size", "2")
+
+
+def test_estimate_takes_auto_as_vllms_default() -> None:
+    auto = run_cli("estimate", "llama-3.1-8b", "--gpus", "H100-80GB", "--json",
+                   env={"LAUNCHER_TP": "auto", "LAUNCHER_PP": "auto"})
+    assert auto.returncode == 0, auto.stderr
+    assert json.loads(auto.stdout) == _ok_json("llama-3.1-8b", "--gpus", "H100-80GB", "--tp", "1")
+
+
+def test_estimate_reads_the_model_from_the_environment() -> None:
+    p = run_cli("estimate", "--gpus", "H100-80GB", "--json", env={"LAUNCHER_MODEL": "llama-3.1-8b"})
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["model"]["name"] == "llama-3.1-8b"
+
+
 def test_gpus_without_driver_exits_6_without_traceback() -> None:
     p = run_cli("gpus")
     assert p.returncode == 6
@@ -163,6 +184,28 @@ def test_unknown_gpu_lists_catalog() -> None:
 ])
 def test_nonsense_numbers_and_names(args: tuple[str, ...]) -> None:
     _bad("estimate", "llama-3.1-8b", "--gpus", "H100-80GB", *args)
+
+
+@pytest.mark.parametrize(("command", "var", "value", "flag"), [
+    ("plan", "LAUNCHER_TP", "x", "--tp"),
+    ("plan", "LAUNCHER_HEADROOM", "0.95", "--headroom"),
+    ("plan", "LAUNCHER_ENFORCE_EAGER", "maybe", "--enforce-eager"),
+    ("estimate", "LAUNCHER_MAX_NUM_SEQS", "many", "--max-num-seqs"),
+    ("estimate", "LAUNCHER_DP", "0", "--dp"),
+])
+def test_bad_environment_value_names_the_variable_and_the_flag(command: str, var: str, value: str,
+                                                               flag: str) -> None:
+    err = _bad(command, "deepseek-67b", "--gpus", "2xH100-80GB", env={var: value})
+    assert f"{var}={value}" in err and flag in err and "fix:" in err and f"unset {var}" in err
+
+
+def test_bad_flag_value_names_the_flag_and_the_variable() -> None:
+    err = _bad("plan", "deepseek-67b", "--gpus", "2xH100-80GB", "--objective", "cheapest")
+    assert "--objective 'cheapest'" in err and "LAUNCHER_OBJECTIVE" in err and "latency" in err
+
+
+def test_no_model_exits_2_naming_launcher_model() -> None:
+    assert "LAUNCHER_MODEL" in _bad("plan", "--gpus", "2xH100-80GB")
 
 
 def test_malformed_config_names_file_and_field(tmp_path: Path) -> None:

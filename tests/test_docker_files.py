@@ -104,13 +104,18 @@ def duration_s(text: str) -> float:
 
 
 def real_option(name: str) -> bool:
-    """LAUNCHER_<NAME> is read by the launcher: declared with `_env("name")` in the CLI, or the
-    variable itself named in the package (settings read straight from os.environ)."""
-    short = name.removeprefix("LAUNCHER_")
-    if f'_env("{short.lower()}")' in (ROOT / "launcher" / "cli.py").read_text():
+    """LAUNCHER_<NAME> is read by the launcher: an option of the registry (launcher/options.py),
+    or a variable the registry documents and some other module of the package reads itself."""
+    from launcher.options import OPTIONS
+
+    declared = [o for o in OPTIONS if o.env_var == name]
+    if not declared:
+        return False
+    if declared[0].cli:
         return True
     rx = re.compile(rf"\b{re.escape(name)}\b")
-    return any(rx.search(p.read_text()) for p in (ROOT / "launcher").rglob("*.py"))
+    return any(rx.search(p.read_text()) for p in (ROOT / "launcher").rglob("*.py")
+               if p.name != "options.py")
 
 
 def run_entrypoint(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess:
@@ -218,7 +223,7 @@ def test_dockerfile_copies_enough_to_build_the_wheel(tmp_path: Path) -> None:
                         "--no-index", "-q", "-w", str(tmp_path / "dist"), str(src_dir)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    (wheel,) = (tmp_path / "dist").glob("launcher-*.whl")
+    (wheel,) = (tmp_path / "dist").glob("vllm_headroom-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"launcher/cli.py", "launcher/_profiles/gpus.yaml",
             "launcher/_profiles/engines/vllm.yaml"} <= names
@@ -488,5 +493,7 @@ def test_entrypoint_serves_the_demo_from_the_environment_alone(engine_env, tmp_p
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+        started = re.search(r"engine starting \(pid (\d+)\)", log.read_text())
+        pgid = pgid or (int(started[1]) if started else None)  # failed before it was read
         if pgid:
             kill_group(pgid)

@@ -135,8 +135,8 @@ def test_plan_budgets_around_memory_other_processes_hold(half_used_snapshot: Pat
 
 def test_mla_kv_does_not_shrink_with_tp() -> None:
     spec = resolve_model("deepseek-v3")
-    per_tp1 = kvm.geometry(spec, tp=1, pp=1, kv_bytes=2).bytes_per_token_layer
-    per_tp8 = kvm.geometry(spec, tp=8, pp=1, kv_bytes=2).bytes_per_token_layer
+    per_tp1 = kvm.geometry(spec, tp=1, pp=1, kv_bytes=2, block_size=16).bytes_per_token_layer
+    per_tp8 = kvm.geometry(spec, tp=8, pp=1, kv_bytes=2, block_size=16).bytes_per_token_layer
     assert per_tp1 == per_tp8 == (512 + 64) * 2
     p = _plan("deepseek-v3", "8xH200")
     j = p.to_json()
@@ -145,6 +145,7 @@ def test_mla_kv_does_not_shrink_with_tp() -> None:
     # capacity follows the un-split latent: tokens = blocks × 16 for the layers on one GPU
     layers = max(b.stage for b in c.budgets) + 1
     geo = kvm.geometry(spec, tp=c.tp, pp=c.pp, kv_bytes=1 if c.kv_cache_dtype == "fp8" else 2,
+                       block_size=16,
                        stage_layers=-(-spec.num_layers // c.pp))
     assert layers == c.pp
     assert c.kv_tokens == kvm.num_blocks(geo, c.kv_cache_memory_bytes) * 16

@@ -26,6 +26,23 @@ def test_profile_beats_default(tmp_path: Path) -> None:
     assert j["settings"]["headroom"] == {"value": 0.2, "source": "default"}
 
 
+def test_auto_is_a_value_and_unset_is_none(tmp_path: Path) -> None:
+    j = _plan(tmp_path)
+    assert j["settings"]["tp"] == {"value": "auto", "source": "default"}
+    assert j["settings"]["max_model_len"] == {"value": None, "source": "default"}
+
+
+def test_boolean_from_the_environment(tmp_path: Path) -> None:
+    j = _plan(tmp_path, env={"LAUNCHER_ENFORCE_EAGER": "true"})
+    assert j["settings"]["enforce_eager"] == {"value": True, "source": "env:LAUNCHER_ENFORCE_EAGER"}
+    assert j["request"]["enforce_eager"] is True
+
+
+def test_vllm_spelling_of_tp(tmp_path: Path) -> None:
+    j = _plan(tmp_path, "--tensor-parallel-size", "1")
+    assert j["settings"]["tp"] == {"value": 1, "source": "cli"}
+
+
 def test_env_beats_profile(tmp_path: Path) -> None:
     j = _plan(tmp_path, env={"LAUNCHER_MIN_CONTEXT": "1024"})
     assert j["settings"]["min_context"] == {"value": 1024, "source": "env:LAUNCHER_MIN_CONTEXT"}

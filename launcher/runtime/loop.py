@@ -39,7 +39,13 @@ from launcher.hardware.inventory import GpuInfo
 from launcher.memory.calibration import Device
 from launcher.planner import PlanRequest
 from launcher.planner.plan import EngineCommand, Plan
-from launcher.policy import CPU_ENGINE_NICE, STOP_GRACE_SECONDS
+from launcher.policy import (
+    CPU_ENGINE_NICE,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MONITOR_INTERVAL,
+    DEFAULT_READY_TIMEOUT,
+    STOP_GRACE_SECONDS,
+)
 from launcher.prepare import Target, build_plan
 from launcher.redact import redact_obj
 from launcher.render.serve import ServeConsole
@@ -77,10 +83,10 @@ class Session:
     state: ControlState
     out: ServeConsole
     stop: StopRequest
-    max_attempts: int = 3
-    ready_timeout: float = 1200.0
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    ready_timeout: float = DEFAULT_READY_TIMEOUT
     grace: float = STOP_GRACE_SECONDS
-    monitor_interval: float = 5.0
+    monitor_interval: float = DEFAULT_MONITOR_INTERVAL
     settings: dict[str, Any] | None = None  # option → {value, source}, already redacted
     engine: EngineProcess | None = field(default=None, init=False)  # the one running now
 

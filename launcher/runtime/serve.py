@@ -27,11 +27,11 @@ from typing import Any, Protocol
 
 from rich.console import Console
 
+from launcher import policy
 from launcher.errors import EngineStartError, InputError, LauncherError
 from launcher.memory.calibration import Device
 from launcher.paths import cache_dir
 from launcher.planner import PlanRequest
-from launcher.policy import STOP_GRACE_SECONDS
 from launcher.prepare import Target, resolve_devices
 from launcher.redact import secret_flag_values, secrets_from_env
 from launcher.render.serve import ServeConsole
@@ -44,14 +44,14 @@ from launcher.runtime.state import ControlState, ServePhase
 @dataclass(frozen=True)
 class ServeOptions:
     report: Path | None = None
-    max_attempts: int = 3
+    max_attempts: int = policy.DEFAULT_MAX_ATTEMPTS
     log_dir: Path | None = None
-    ready_timeout: float = 1200.0
-    grace: float = STOP_GRACE_SECONDS
-    control_host: str = "127.0.0.1"
-    control_port: int = 8001  # 0: no control API
+    ready_timeout: float = policy.DEFAULT_READY_TIMEOUT
+    grace: float = policy.STOP_GRACE_SECONDS
+    control_host: str = policy.DEFAULT_CONTROL_HOST
+    control_port: int = policy.DEFAULT_CONTROL_PORT  # 0: no control API
     fit_report: Path | None = None
-    monitor_interval: float = 5.0
+    monitor_interval: float = policy.DEFAULT_MONITOR_INTERVAL
     settings: dict[str, Any] | None = None  # option → {value, source}, already redacted
 
 
