@@ -7,7 +7,7 @@ a memory failure (`retryable`) moves the plan one rung down, anything else stops
 engine's own words. Pure text in, data out: no I/O, no torch or vllm import, so recorded logs
 replay in tests exactly as a live pipe would.
 
-Phrasings are those of vLLM 0.19 (the H100 logs in shared/calibration) and of 0.32 (read from
+Phrasings are those of vLLM 0.19 (the H100 logs in calibration/vllm-0.19-h100) and of 0.32 (read from
 its source, GPU and CPU workers). Lines are searched, never anchored, because a tqdm bar and a
 log record often share one physical line, and a pipe may deliver `\\r`-separated progress
 updates in one read.

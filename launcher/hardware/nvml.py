@@ -338,6 +338,7 @@ def _read_device(pynvml: Any, i: int, notes: list[str]) -> RawDevice:
     except (pynvml.NVMLError, AttributeError):
         mem = pynvml.nvmlDeviceGetMemoryInfo(h)
         reserved = None
+    cc_major, cc_minor = pynvml.nvmlDeviceGetCudaComputeCapability(h)
     return RawDevice(
         nvml_index=i,
         name=name,
@@ -345,7 +346,7 @@ def _read_device(pynvml: Any, i: int, notes: list[str]) -> RawDevice:
         pci_bus_id=_optional(pynvml, lambda: _text(pynvml.nvmlDeviceGetPciInfo(h).busId)),
         memory_total=int(mem.total), memory_reserved=reserved,
         memory_free=int(mem.free), memory_used=int(mem.used),
-        compute_capability=tuple(pynvml.nvmlDeviceGetCudaComputeCapability(h)),  # type: ignore[arg-type]
+        compute_capability=(int(cc_major), int(cc_minor)),
         mig_mode=_optional(pynvml, lambda: pynvml.nvmlDeviceGetMigMode(h)[0]
                            == pynvml.NVML_DEVICE_MIG_ENABLE),
         processes=_read_processes(pynvml, h, i, notes),
