@@ -27,14 +27,20 @@ def test_stop_reaches_children_left_behind_by_a_root_that_exited(tmp_path: Path)
     assert "started" in (tmp_path / "e.log").read_text()
 
 
-def test_stop_escalates_to_sigkill_after_the_grace_period(tmp_path: Path) -> None:
-    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', " \
-           "flush=True); time.sleep(300)"
+def _started(code: str, tmp_path: Path) -> EngineProcess:
+    """A real Python child run as the engine, once it has printed "up"."""
     e = EngineProcess(EngineCommand([sys.executable, "-c", code], {}), tmp_path / "e.log")
     e.start()
     deadline = time.monotonic() + 10
     while "up" not in e.lines and time.monotonic() < deadline:
         time.sleep(0.1)
+    return e
+
+
+def test_stop_escalates_to_sigkill_after_the_grace_period(tmp_path: Path) -> None:
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', " \
+           "flush=True); time.sleep(300)"
+    e = _started(code, tmp_path)
     t = time.monotonic()
     assert e.stop(1.0) == -signal.SIGKILL
     assert time.monotonic() - t < 8 and not group_alive(e.pid)
@@ -46,11 +52,7 @@ def test_the_engine_gets_sigterm_and_may_shut_down_gracefully(tmp_path: Path) ->
     code = "import signal, sys, time\n" \
            "signal.signal(signal.SIGTERM, lambda *_: (print('graceful', flush=True), sys.exit(0)))\n" \
            "print('up', flush=True); time.sleep(300)"
-    e = EngineProcess(EngineCommand([sys.executable, "-c", code], {}), tmp_path / "e.log")
-    e.start()
-    deadline = time.monotonic() + 10
-    while "up" not in e.lines and time.monotonic() < deadline:
-        time.sleep(0.1)
+    e = _started(code, tmp_path)
     t = time.monotonic()
     assert e.stop(20) == 0
     assert time.monotonic() - t < 5 and "graceful" in e.lines

@@ -70,29 +70,14 @@ class PlanRequest:
         for name, v in (("--tp", self.tp), ("--pp", self.pp)):
             if v is not None and v < 1:
                 raise InputError(f"{name} {v} is below 1", fix=f"Use {name} auto or a positive size.")
-        if self.max_model_len is not None:
-            if self.max_model_len < 1:
-                raise InputError(f"--max-model-len {self.max_model_len} is below 1",
-                                 fix="Give a context length in tokens, e.g. 8192.")
-            if self.max_model_len > model_max_len:
-                raise InputError(
-                    f"--max-model-len {self.max_model_len} is above the model's maximum "
-                    f"({model_max_len} tokens, from its config)",
-                    fix=f"Use --max-model-len {model_max_len} or less.")
-        if self.min_context is not None:
-            if self.min_context < 1:
-                raise InputError(f"--min-context {self.min_context} is below 1",
-                                 fix="Give the shortest context in tokens, e.g. 4096.")
-            if self.min_context > model_max_len:
-                raise InputError(
-                    f"--min-context {self.min_context} is above the model's maximum context "
-                    f"({model_max_len} tokens)",
-                    fix=f"Use --min-context {model_max_len} or less.")
-            if self.max_model_len is not None and self.min_context > self.max_model_len:
-                raise InputError(
-                    f"--min-context {self.min_context} is above --max-model-len "
-                    f"{self.max_model_len}",
-                    fix="The floor must not be above the cap; lower --min-context.")
+        _check_length("--max-model-len", self.max_model_len, model_max_len, 8192)
+        _check_length("--min-context", self.min_context, model_max_len, 4096)
+        if self.min_context is not None and self.max_model_len is not None \
+                and self.min_context > self.max_model_len:
+            raise InputError(
+                f"--min-context {self.min_context} is above --max-model-len "
+                f"{self.max_model_len}",
+                fix="The floor must not be above the cap; lower --min-context.")
 
     def context_cap(self, model_max_len: int) -> int:
         return self.max_model_len or model_max_len
@@ -104,3 +89,15 @@ class PlanRequest:
 
     def to_json(self) -> dict[str, object]:
         return {**asdict(self), "device": str(self.device)}
+
+
+def _check_length(flag: str, value: int | None, model_max_len: int, example: int) -> None:
+    if value is None:
+        return
+    if value < 1:
+        raise InputError(f"{flag} {value} is below 1",
+                         fix=f"Give a context length in tokens, e.g. {example}.")
+    if value > model_max_len:
+        raise InputError(f"{flag} {value} is above the model's maximum context "
+                         f"({model_max_len} tokens, from its config)",
+                         fix=f"Use {flag} {model_max_len} or less.")
