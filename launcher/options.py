@@ -523,12 +523,9 @@ def engine_flags(v: Mapping[str, Value]) -> EngineFlags:
     no --quantization flag."""
     from launcher.memory.estimate import EngineFlags
 
+    # Both may be given, as vLLM takes them (and every GPU plan passes both): the byte count
+    # sizes the KV cache, the fraction is then only the start-up gate free ≥ U·T.
     util, kv_bytes = _opt_float(v, "gpu_memory_utilization"), _opt_int(v, "kv_cache_memory_bytes")
-    if util is not None and kv_bytes is not None:
-        raise InputError("--gpu-memory-utilization and --kv-cache-memory-bytes both given",
-                         fix="vLLM sizes the KV cache by one or the other; keep one.",
-                         hint=f"unset {env_var('gpu_memory_utilization')} "
-                              f"{env_var('kv_cache_memory_bytes')}")
     quant = _str(v, "quantization")
     return EngineFlags(tensor_parallel_size=_size(v, "tp") or 1,
                        pipeline_parallel_size=_size(v, "pp") or 1,

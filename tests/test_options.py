@@ -297,10 +297,12 @@ def test_estimate_settings_all_reach_engine_flags() -> None:
             flags.data_parallel_size, flags.quantization) == (1, 1, 1, None)
 
 
-def test_estimate_refuses_both_kv_sizings() -> None:
+def test_estimate_takes_both_kv_sizings_as_vllm_does() -> None:
+    """vLLM takes --gpu-memory-utilization with --kv-cache-memory-bytes (the bytes size the
+    cache, the fraction gates the start), and every GPU plan passes the pair."""
     v = _values("estimate", {"gpu_memory_utilization": "0.9", "kv_cache_memory_bytes": "1024"})
-    with pytest.raises(InputError, match="both given"):
-        options.engine_flags(v)
+    flags = options.engine_flags(v)
+    assert (flags.gpu_memory_utilization, flags.kv_cache_memory_bytes) == (0.9, 1024)
 
 
 # ---- generated docs ------------------------------------------------------------------------------
