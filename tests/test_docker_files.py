@@ -149,8 +149,10 @@ def test_base_image_is_a_pinned_vllm_release_the_launcher_is_calibrated_for() ->
     (base,) = instruction("FROM")
     m = re.fullmatch(r"vllm/vllm-openai:v(\d+)\.(\d+)\.(\d+)(@sha256:[0-9a-f]{64})?", base)
     assert m, f"base image must be vllm/vllm-openai pinned to a release tag, not {base!r}"
-    calibrated = yaml.safe_load((ROOT / "profiles" / "engines" / "vllm.yaml").read_text())["versions"]
-    assert f"{m[1]}.{m[2]}" in calibrated, f"{base}: no calibration for vLLM {m[1]}.{m[2]}"
+    from launcher.engines.calibration import resolve
+
+    _, note = resolve(f"{m[1]}.{m[2]}.{m[3]}")  # exit 2 (InputError) when no range models it
+    assert not note, f"{base}: vLLM {m[1]}.{m[2]}.{m[3]} is not modelled exactly ({note})"
     assert template()["image"]["base"] == base.split("@")[0]
     assert base.split("@")[0] in (DOCKER / "PLATFORM.md").read_text()
 

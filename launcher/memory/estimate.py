@@ -1,12 +1,17 @@
 """What plain vLLM does with exactly these flags: will it start, and where memory goes.
 
-Pure: a ModelSpec, the GPUs, the flags and the engine version's calibration in; an `Estimate`
-out. It follows vLLM 0.19's own order of checks and its own words for the failures, so a user
-recognizes the error they would have hit:
+Pure: a ModelSpec, the GPUs, the flags and the engine version's rules (`EngineCalibration`) in;
+an `Estimate` out. It follows vLLM's own order of checks (the same from 0.19 to 0.33) and its
+own words for the failures, so a user recognizes the error they would have hit:
 
-    config validation → start-up free-memory check → load → profile →
-    KV = U·T − weights − activation − non-torch (− CUDA-graph estimate where the version does)
+    config validation → start-up free-memory check (always, also with
+    --kv-cache-memory-bytes) → load → profile →
+    KV = U·T − weights − activation − non-torch − CUDA-graph estimate (0.20+: the V1 runner's
+    extrapolation; V2-runner models nothing until 0.29, then about the pool itself)
     → "No available memory for the cache blocks" / "To serve at least one request …"
+
+What changes with the version is data: the default U, the batch tiers, the capture sizes,
+which runner a model gets, the quantization and KV-cache dtypes that exist.
 
 Figures are for the worst rank (the pipeline stage with the least KV room); `stages` keeps
 every stage for callers that want them.
@@ -21,15 +26,18 @@ from launcher.hardware.inventory import GpuInfo
 from launcher.memory import capability
 from launcher.memory import kv as kvm
 from launcher.memory.budget import kv_budget
-from launcher.memory.calibration import EngineCalibration
-from launcher.memory.overheads import activation_bytes, cuda_graph_bytes
+from launcher.memory.calibration import EngineCalibration, KvDtype
+from launcher.memory.overheads import (
+    activation_bytes,
+    capture_sizes,
+    cuda_graph_bytes,
+    uses_v2_runner,
+    v1_cuda_graph_estimate_bytes,
+)
 from launcher.memory.tensors import synthesize
 from launcher.memory.weights import RankWeights, padded_vocab, pp_layer_ranges, weights_per_rank
 from launcher.models.spec import DTYPE_SIZE, TORCH_DTYPES, ModelSpec
 from launcher.units import GiB
-
-# Online quantization methods `--quantization` can apply to a 16-bit checkpoint → stored bits.
-ONLINE_QUANT_BITS = {"fp8": 8.0, "fp8_per_tensor": 8.0, "bitsandbytes": 4.5}
 
 
 @dataclass(frozen=True)
@@ -58,11 +66,14 @@ class StageEstimate:
     weights_by_component: dict[str, int]
     activation_bytes: int
     non_torch_bytes: int
-    cuda_graph_bytes: int
+    cuda_graph_bytes: int  # the pool graph capture takes (on top of the KV cache)
     kv_cache_bytes: int
     kv_cache_tokens: int
     num_blocks: int
     context_bytes: int
+    # What vLLM took out of its budget U·T for CUDA graphs before sizing the KV cache (0 where
+    # the version or the model's runner does not, or the KV size was given).
+    cuda_graph_estimate_bytes: int = 0
 
     @property
     def peak_used_bytes(self) -> int:
@@ -108,6 +119,7 @@ class Estimate:
             "activation_gib": g(w.activation_bytes) if w else None,
             "non_torch_gib": g(w.non_torch_bytes) if w else None,
             "cuda_graph_gib": g(w.cuda_graph_bytes) if w else None,
+            "cuda_graph_estimate_gib": g(w.cuda_graph_estimate_bytes) if w else None,
             "kv_cache_gib": g(w.kv_cache_bytes) if w and self.starts else None,
             "kv_cache_tokens": w.kv_cache_tokens if w and self.starts else None,
             "max_concurrency": round(self.max_concurrency, 2)
@@ -125,14 +137,11 @@ class Refusal(Exception):
 
 
 def batch_defaults(gpu: GpuInfo, cal: EngineCalibration) -> tuple[int, int, str]:
-    """vLLM's `get_batch_defaults` for the OpenAI server: by NVML total and device name."""
-    tiers = cal.batch_defaults
+    """vLLM's `get_batch_defaults` for the OpenAI server: the first tier of the version that
+    matches the device's NVML total, name and compute capability."""
     nvml_total = gpu.nvml_total_bytes or gpu.total_bytes
-    big = nvml_total >= tiers.large_gpu_min_gib * GiB and "a100" not in gpu.name.lower()
-    t = tiers.large if big else tiers.small
-    why = (f"{'≥' if big else '<'} {tiers.large_gpu_min_gib:g} GiB"
-           + (" (and not an A100)" if big else "") + " GPU tier")
-    return t.max_num_batched_tokens, t.max_num_seqs, why
+    t = cal.batch_defaults.tier_for(nvml_total, gpu.name, gpu.compute_capability)
+    return t.max_num_batched_tokens, t.max_num_seqs, f"{t.name} GPU tier"
 
 
 def estimate(spec: ModelSpec, gpus: list[GpuInfo], flags: EngineFlags, cal: EngineCalibration,
@@ -143,6 +152,8 @@ def estimate(spec: ModelSpec, gpus: list[GpuInfo], flags: EngineFlags, cal: Engi
                    engine_version_source=version_source,
                    gpu_name=gpu.name if gpu else "none",
                    total_bytes=gpu.total_bytes if gpu else 0, flags=asdict(flags))
+    if cal.note:
+        est.notes.append(f"vLLM {cal.version}: {cal.note} ({cal.range})")
     try:
         if gpu is None:
             raise Refusal("No GPU to estimate for.")
@@ -172,7 +183,8 @@ def _serve_dtype(spec: ModelSpec, flags: EngineFlags, gpu: GpuInfo, notes: list[
 
 def _quant_bits(spec: ModelSpec, flags: EngineFlags, gpu: GpuInfo,
                 cal: EngineCalibration) -> tuple[float | None, str]:
-    """(bits of quantized layers, scope) from the checkpoint or an online method."""
+    """(bits of quantized layers, scope) from the checkpoint or an online method of the
+    version (scope "online" or "online-experts" for methods that quantize MoE experts only)."""
     q = spec.quantization
     want = flags.quantization
     if q is not None:
@@ -186,12 +198,14 @@ def _quant_bits(spec: ModelSpec, flags: EngineFlags, gpu: GpuInfo,
             _check_capability(gpu, cal, "fp8")
         return q.weight_bits, "experts" if q.method == "mxfp4" else "linear"
     if want:
-        if want not in ONLINE_QUANT_BITS:
-            raise Refusal(f"Quantization method {want!r} needs a pre-quantized checkpoint; "
-                           f"{spec.name} is not quantized.")
-        if want.startswith("fp8"):
-            _check_capability(gpu, cal, "fp8")
-        return ONLINE_QUANT_BITS[want], "online"
+        if want not in cal.online_methods:
+            online = ", ".join(sorted(cal.online_methods)) or "none"
+            raise Refusal(f"Quantization method {want!r} needs a pre-quantized checkpoint in "
+                           f"vLLM {cal.version} (online methods: {online}); {spec.name} is not "
+                           "quantized.")
+        _check_capability(gpu, cal, "fp8" if want == "fp8" else want)
+        scope = "online-experts" if want in cal.online_experts_only else "online"
+        return cal.online_methods[want], scope
     return None, "none"
 
 
@@ -263,12 +277,13 @@ def _rank_weights(spec: ModelSpec, dtype: str, serve_size: int, bits: float | No
     hit = _RANKS.get(key)
     if hit is not None and hit[0] is spec:
         return hit[1]
-    online = bits if scope == "online" else None
+    online = bits if scope.startswith("online") else None
     tensors = spec.tensors if spec.tensors is not None else synthesize(
-        spec, dtype, None if scope in ("none", "online") else bits,
+        spec, dtype, None if scope == "none" or scope.startswith("online") else bits,
         quant_scope="experts" if scope == "experts" else "linear")
     ranks = weights_per_rank(spec, tensors, tp=tp, pp=pp, serve_size=serve_size,
-                             online_quant_bits=online)
+                             online_quant_bits=online,
+                             online_experts_only=scope == "online-experts")
     if len(_RANKS) > 512:
         _RANKS.clear()
     _RANKS[key] = (spec, ranks)
@@ -289,12 +304,18 @@ def costs(spec: ModelSpec, gpus: list[GpuInfo], flags: EngineFlags, cal: EngineC
         raise Refusal(f"TP×PP×DP = {tp}×{pp}×{dp} = {need} GPUs needed, {len(gpus)} available.")
     used = gpus[:need]
     gpu = min(used, key=lambda g: g.free_bytes)  # the tightest GPU decides
-    max_model_len = flags.max_model_len or spec.max_position_embeddings
+    auto_len = flags.max_model_len == -1
+    if auto_len and not cal.max_model_len_auto:
+        raise Refusal(f"vLLM {cal.version} has no --max-model-len -1 (auto).")
+    max_model_len = spec.max_position_embeddings if auto_len or not flags.max_model_len \
+        else flags.max_model_len
     validate_shape(spec, tp, pp, max_model_len)
     dtype = _serve_dtype(spec, flags, gpu, notes)
     serve_size = DTYPE_SIZE[dtype]
     bits, scope = _quant_bits(spec, flags, gpu, cal)
-    kv_bytes = 1 if flags.kv_cache_dtype.startswith("fp8") else serve_size
+    kv_dtype = kv_cache_dtype(spec, cal, flags.kv_cache_dtype)
+    kv_bytes = serve_size if kv_dtype.bits == 0 else max(1, kv_dtype.bits // 8)
+    token_layer = kv_token_layer_bytes(spec, tp, kv_dtype, serve_size)
 
     # Batch sizes: vLLM's tier defaults, then its own clamps.
     d_tokens, d_seqs, why = batch_defaults(gpu, cal)
@@ -304,11 +325,20 @@ def costs(spec: ModelSpec, gpus: list[GpuInfo], flags: EngineFlags, cal: EngineC
         tokens = min(seqs * max_model_len, tokens)
     seqs = min(seqs, tokens)
     util = flags.gpu_memory_utilization or cal.gpu_memory_utilization
+    v2 = uses_v2_runner(spec, cal, quantized=bits is not None)
+    sizes = capture_sizes(spec, cal, max_num_seqs=seqs, max_num_batched_tokens=tokens,
+                          compute_capability=gpu.compute_capability,
+                          enforce_eager=flags.enforce_eager)
+    kv_name = flags.kv_cache_dtype if flags.kv_cache_dtype not in ("auto", None) else dtype
     resolved = {
         "dtype": dtype, "max_model_len": max_model_len, "max_num_seqs": seqs,
         "max_num_batched_tokens": tokens, "gpu_memory_utilization": util,
-        "kv_cache_dtype": "fp8" if kv_bytes == 1 else dtype, "quantization_bits": bits,
+        "kv_cache_dtype": "fp8" if kv_name.startswith("fp8") and kv_name != "fp8_ds_mla"
+        else kv_name, "quantization_bits": bits,
         "batch_defaults": why, "block_size": cal.block_size,
+        "model_runner": "V2" if v2 else "V1",
+        "cuda_graph_capture_sizes": len(sizes),
+        "engine_rules": cal.range,
     }
     # Start-up check: free memory must cover U·T.
     ctx = cal.context_bytes(tp, pp)
@@ -323,6 +353,12 @@ def costs(spec: ModelSpec, gpus: list[GpuInfo], flags: EngineFlags, cal: EngineC
 
     ranks = _rank_weights(spec, dtype, serve_size, bits, scope, tp, pp)
     non_torch = cal.non_torch_bytes(tp, pp)
+    carried = cal.carried_over
+    if carried and not cal.is_cpu:
+        fitted = sorted(set(carried.values()))
+        notes.append(f"overheads ({', '.join(carried)}) fitted on vLLM {', '.join(fitted)} "
+                     f"start-up logs, carried over to {cal.version} (no log of {cal.range} "
+                     "fitted yet)")
     stages: list[StageEstimate] = []
     geos: list[kvm.KvGeometry] = []
     for i, (rw, layers) in enumerate(zip(ranks, pp_layer_ranges(spec.num_layers, pp),
@@ -332,13 +368,19 @@ def costs(spec: ModelSpec, gpus: list[GpuInfo], flags: EngineFlags, cal: EngineC
                                act_bytes=serve_size)
         graphs = cuda_graph_bytes(spec, cal, layers=len(layers),
                                   enforce_eager=flags.enforce_eager)
-        geos.append(kvm.geometry(spec, tp=tp, pp=pp, kv_bytes=kv_bytes,
-                                 block_size=cal.block_size, stage_layers=len(layers)))
+        estimate_cg = cuda_graph_estimate_bytes(
+            spec, cal, layers=len(layers), tp=tp, act_bytes=serve_size, sizes=sizes,
+            max_num_seqs=seqs, pool_bytes=graphs, v2=v2)
+        geo = kvm.geometry(spec, tp=tp, pp=pp, kv_bytes=kv_bytes, block_size=cal.block_size,
+                           stage_layers=len(layers))
+        # Packed KV layouts (nvfp4, per-token-head scales, fp8_ds_mla) size a token differently.
+        geos.append(replace(geo, bytes_per_token_layer=token_layer))
         stages.append(StageEstimate(
             stage=i, layers=len(layers), weights_bytes=rw.total,
             weights_by_component=dict(rw.by_component), activation_bytes=act,
             non_torch_bytes=non_torch, cuda_graph_bytes=graphs, kv_cache_bytes=0,
-            kv_cache_tokens=0, num_blocks=0, context_bytes=ctx))
+            kv_cache_tokens=0, num_blocks=0, context_bytes=ctx,
+            cuda_graph_estimate_bytes=estimate_cg))
     if padded_vocab(spec.vocab_size, tp) != spec.vocab_size:
         notes.append(f"vocabulary padded {spec.vocab_size} → "
                      f"{padded_vocab(spec.vocab_size, tp)} for the embedding and LM head")
@@ -356,6 +398,18 @@ def _run(spec: ModelSpec, gpus: list[GpuInfo], flags: EngineFlags, cal: EngineCa
                                               c.max_num_batched_tokens, c.max_model_len)
     kv = [vllm_kv_cache_bytes(s, requested, flags.kv_cache_memory_bytes, cal)
           for s in c.stages]
+    if flags.kv_cache_memory_bytes is not None:
+        # vLLM skips its CUDA-graph estimate when the KV size is given.
+        c = replace(c, stages=[replace(s, cuda_graph_estimate_bytes=0) for s in c.stages])
+    elif cal.subtract_cuda_graph_estimate and not flags.enforce_eager and not cal.is_cpu:
+        cg = c.stages[0].cuda_graph_estimate_bytes if c.stages else 0
+        runner = c.resolved["model_runner"]
+        est.notes.append(
+            f"vLLM {cal.version} takes its CUDA-graph estimate ({cg / GiB:.2f} GiB, {runner} "
+            "runner) out of the KV budget (VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1)" if cg
+            else f"vLLM {cal.version} runs this model on Model Runner {runner}, which does not "
+                 "estimate CUDA-graph memory: none is taken out of the KV budget, the graphs "
+                 "are captured on top of it")
     # vLLM gives every pipeline stage the smallest block count of all stages.
     blocks = min(kvm.num_blocks(g, max(0, k)) for g, k in zip(c.geometries, kv, strict=True))
     est.stages = [replace(s, kv_cache_bytes=k, num_blocks=blocks,
@@ -363,12 +417,25 @@ def _run(spec: ModelSpec, gpus: list[GpuInfo], flags: EngineFlags, cal: EngineCa
                   for s, k, g in zip(c.stages, kv, c.geometries, strict=True)]
     worst_i = min(range(len(est.stages)), key=lambda i: est.stages[i].kv_cache_bytes)
     worst, geo = est.stages[worst_i], c.geometries[worst_i]
+    if flags.max_model_len == -1 and worst.kv_cache_bytes > 0:
+        fit = max_fitting_len(geo, worst.kv_cache_bytes, tokens, max_model_len)
+        if fit <= 0:
+            raise Refusal("Cannot auto-fit max_model_len: not enough GPU memory available to "
+                          "serve even a single token. Try increasing `gpu_memory_utilization`.")
+        if fit < max_model_len:
+            est.notes.append(f"Auto-fit max_model_len: reduced from {max_model_len} to {fit} "
+                             "to fit in available GPU memory")
+            max_model_len = fit
+            est.resolved = {**est.resolved, "max_model_len": fit}
     if worst.kv_cache_bytes <= 0:
         raise Refusal(
             "No available memory for the cache blocks. Try increasing `gpu_memory_utilization` "
             f"when initializing the engine. (weights {worst.weights_bytes / GiB:.2f} GiB + "
             f"activation {worst.activation_bytes / GiB:.2f} GiB + non-torch "
-            f"{worst.non_torch_bytes / GiB:.2f} GiB exceed {requested / GiB:.2f} GiB = "
+            f"{worst.non_torch_bytes / GiB:.2f} GiB"
+            + (f" + CUDA-graph estimate {worst.cuda_graph_estimate_bytes / GiB:.2f} GiB"
+               if cal.subtract_cuda_graph_estimate and worst.cuda_graph_estimate_bytes else "")
+            + f" exceed {requested / GiB:.2f} GiB = "
             f"{util} × {c.gpu.total_bytes / GiB:.2f} GiB)")
     needed = kvm.bytes_for_one_request(geo, max_model_len, tokens)
     if needed > worst.kv_cache_bytes:
@@ -381,6 +448,10 @@ def _run(spec: ModelSpec, gpus: list[GpuInfo], flags: EngineFlags, cal: EngineCa
             "`gpu_memory_utilization` or decreasing `max_model_len` when initializing the "
             "engine.")
     est.max_concurrency = blocks / kvm.blocks_per_request(geo, max_model_len, tokens)
+    if cal.kv_tokens_log.tokens == "capacity":
+        # "GPU KV cache size: N tokens" = int(concurrency × max_model_len) from 0.21 on.
+        n = int(est.max_concurrency * max_model_len)
+        est.stages = [replace(s, kv_cache_tokens=n) for s in est.stages]
 
 
 def vllm_kv_cache_bytes(stage: StageEstimate, requested_bytes: int, explicit: int | None,
@@ -392,8 +463,58 @@ def vllm_kv_cache_bytes(stage: StageEstimate, requested_bytes: int, explicit: in
         return explicit
     spent = [stage.weights_bytes, stage.activation_bytes, stage.non_torch_bytes]
     if cal.subtract_cuda_graph_estimate:
-        spent.append(stage.cuda_graph_bytes)
+        spent.append(stage.cuda_graph_estimate_bytes)
     return kv_budget(requested_bytes, spent)
+
+
+def cuda_graph_estimate_bytes(spec: ModelSpec, cal: EngineCalibration, *, layers: int, tp: int,
+                              act_bytes: int, sizes: list[int], max_num_seqs: int,
+                              pool_bytes: int, v2: bool) -> int:
+    """What vLLM's worker would get from `model_runner.profile_cudagraph_memory()`: the V1
+    runner's extrapolation; 0 on the V2 runner before 0.29 (it does not estimate), the
+    captured pool from 0.29 (it captures the piecewise graphs for real). Whether it is then
+    taken out of KV is `cal.subtract_cuda_graph_estimate`."""
+    if not sizes or cal.is_cpu:
+        return 0
+    if v2:
+        return pool_bytes if cal.model_runner.v2_estimates_cuda_graphs else 0
+    return v1_cuda_graph_estimate_bytes(spec, cal, layers=layers, tp=tp, act_bytes=act_bytes,
+                                        sizes=sizes, max_num_seqs=max_num_seqs)
+
+
+def kv_cache_dtype(spec: ModelSpec, cal: EngineCalibration, name: str | None) -> KvDtype:
+    """The layout of `--kv-cache-dtype name` in this version; Refusal in vLLM's terms when the
+    version has no such dtype or the model cannot use it."""
+    key = name or "auto"
+    kvd = cal.kv_cache_dtypes.get(key)
+    if kvd is None:
+        raise Refusal(f"kv_cache_dtype {key!r} is not among vLLM {cal.version}'s KV cache "
+                      f"dtypes the launcher models ({', '.join(cal.kv_cache_dtypes)}).")
+    if spec.mla is not None and not kvd.mla:
+        raise Refusal(f"{key} KV cache is not supported with MLA (Multi-head Latent Attention) "
+                      "backends. Please use a different --kv-cache-dtype (e.g., 'fp8' or "
+                      "'auto') for MLA models such as DeepSeek.")
+    if spec.mla is None and kvd.mla_only:
+        raise Refusal(f"kv_cache_dtype {key} is only for MLA models (DeepSeek V3.2-style "
+                      "sparse attention).")
+    return kvd
+
+
+def kv_token_layer_bytes(spec: ModelSpec, tp: int, kvd: KvDtype, model_bytes: int) -> int:
+    """One layer's KV (or MLA latent) for one token on one GPU, in `kvd`'s layout."""
+    if spec.mla is not None:
+        if kvd.mla_bytes_per_token:
+            return kvd.mla_bytes_per_token
+        width = spec.mla.kv_lora_rank + spec.mla.qk_rope_head_dim
+        return width * model_bytes if kvd.bits == 0 else width * kvd.bits // 8
+    heads = max(1, spec.num_kv_heads // tp)
+    d = spec.head_dim
+    if kvd.bits == 0:
+        return 2 * heads * d * model_bytes
+    slot = d * kvd.bits // 8 + kvd.head_scale_bytes
+    if kvd.group_size:
+        slot += d // kvd.group_size * kvd.group_scale_bytes
+    return 2 * heads * slot
 
 
 def max_fitting_len(geo: kvm.KvGeometry, kv_cache: int, tokens: int, upper: int) -> int:

@@ -83,13 +83,16 @@ def _component(name: str) -> str:
     return "other"
 
 
-def _stored_bytes(t: TensorInfo, serve_size: int, online_bits: float | None, comp: str) -> float:
-    """Bytes of one tensor once vLLM has loaded it in the serving dtype."""
+def _stored_bytes(t: TensorInfo, serve_size: int, online_bits: float | None, comp: str,
+                  experts_only: bool = False) -> float:
+    """Bytes of one tensor once vLLM has loaded it in the serving dtype (`experts_only`: the
+    online method quantizes MoE experts only, e.g. int8_per_channel_weight_only)."""
     if t.dtype not in _FLOATS:
         return t.nbytes  # packed / quantized: kept as stored
     if t.name.endswith(("scale", "scale_inv", "_scale", "zeros", "e_score_correction_bias")):
         return t.nbytes  # quantization scales keep their own dtype
-    quantizable = (len(t.shape) >= 2 and comp in ("attention", "mlp", "experts")
+    quantizable = (len(t.shape) >= 2 and comp in (("experts",) if experts_only else
+                                                  ("attention", "mlp", "experts"))
                    and not _is_replicated(t.name))
     if online_bits is not None and quantizable:
         # Online quantization: the weight plus a per-output-channel fp32 scale.
@@ -103,8 +106,8 @@ def _is_replicated(name: str) -> bool:
 
 
 def weights_per_rank(spec: ModelSpec, tensors: Sequence[TensorInfo], *, tp: int, pp: int,
-                     serve_size: int, online_quant_bits: float | None = None
-                     ) -> list[RankWeights]:
+                     serve_size: int, online_quant_bits: float | None = None,
+                     online_experts_only: bool = False) -> list[RankWeights]:
     """One `RankWeights` per pipeline stage (every TP rank of a stage holds the same bytes)."""
     stages = pp_layer_ranges(spec.num_layers, pp)
     stage_of_layer = {layer: s for s, r in enumerate(stages) for layer in r}
@@ -114,7 +117,7 @@ def weights_per_rank(spec: ModelSpec, tensors: Sequence[TensorInfo], *, tp: int,
 
     for t in tensors:
         comp = _component(t.name)
-        n = _stored_bytes(t, serve_size, online_quant_bits, comp)
+        n = _stored_bytes(t, serve_size, online_quant_bits, comp, online_experts_only)
         if comp in ("embedding", "lm_head"):
             per_rank = n * vocab_ratio if len(t.shape) >= 1 and t.shape[0] == spec.vocab_size \
                 else n / tp
@@ -193,5 +196,8 @@ def rope_cache_bytes(spec: ModelSpec, serve_size: int) -> int:
     elif spec.rope_factor and spec.rope_type in ("yarn", "deepseek_yarn") and spec.rope_original_max:
         scaled = int(spec.rope_original_max * spec.rope_factor)
     positions = base * (spec.rope_caches - 1) + scaled
-    return positions * rot * serve_size
+    # gpt-oss builds its rope cache in float32 whatever the serving dtype (gpt_oss.py:113,
+    # vLLM 0.32; checked against get_rope in tests/test_vllm_oracle.py).
+    element = 4 if spec.model_type == "gpt_oss" else serve_size
+    return positions * rot * element
 
