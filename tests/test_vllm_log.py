@@ -14,6 +14,8 @@ from functools import cache
 
 import pytest
 from conftest import CALIBRATION
+from hypothesis import given
+from hypothesis import strategies as st
 
 from launcher.engines.vllm_log import (
     Failure,
@@ -522,3 +524,317 @@ def test_figures_json_is_complete() -> None:
     assert set(data) >= {"engine_version", "model_loading_gib", "available_kv_cache_gib", "kv_cache_gib",
                          "summary_weights_gib", "summary_activation_peak_gib", "summary_cuda_graph_gib"}
     assert all(value is None for value in data.values())
+
+
+# ---- newer versions (0.2x-0.3x): lines users posted in public threads, verbatim ----------------
+# vllm-project/vllm#37296 (a 0.18 pre-release, TP2): the estimate was opt-in then; the note
+# already names the utilization without the estimate and the one that would keep the KV size.
+V018_TP2 = [
+    "(Worker_TP1 pid=646936) INFO 03-17 17:07:06 [gpu_model_runner.py:5711] Estimated CUDA graph memory: "
+    "4.30 GiB total",
+    "(Worker_TP0 pid=646817) INFO 03-17 17:07:06 [gpu_model_runner.py:5711] Estimated CUDA graph memory: "
+    "4.38 GiB total",
+    "(Worker_TP1 pid=646936) INFO 03-17 17:07:06 [gpu_worker.py:468] CUDA graph memory profiling is enabled "
+    "(VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1). This will become the default in v0.19. The current "
+    "--gpu-memory-utilization=0.9000 is equivalent to --gpu-memory-utilization=0.8033 without CUDA graph "
+    "memory profiling. To maintain the same effective KV cache size as before, increase "
+    "--gpu-memory-utilization to 0.9967.",
+    "(Worker_TP0 pid=646817) INFO 03-17 17:07:06 [gpu_worker.py:452] Available KV cache memory: 25.46 GiB",
+    "(Worker_TP0 pid=646817) INFO 03-17 17:07:06 [gpu_worker.py:468] CUDA graph memory profiling is enabled "
+    "(VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1). This will become the default in v0.19. The current "
+    "--gpu-memory-utilization=0.9000 is equivalent to --gpu-memory-utilization=0.8015 without CUDA graph "
+    "memory profiling. To maintain the same effective KV cache size as before, increase "
+    "--gpu-memory-utilization to 0.9985.",
+]
+# gpustack/runner#251 (vLLM 0.27.1, TP2): the wording since the estimate became the default (0.21).
+V027_TP2 = [
+    "(Worker_TP1 pid=448) INFO 08-14 14:07:20 [gpu_model_runner.py:6681] Profiling CUDA graph memory: "
+    "PIECEWISE=16 (largest=16)",
+    "(Worker_TP1 pid=448) INFO 08-14 14:07:22 [gpu_model_runner.py:6806] Estimated CUDA graph memory: 0.36 "
+    "GiB "
+    "total",
+    "(Worker_TP1 pid=448) INFO 08-14 14:07:22 [gpu_worker.py:578] CUDA graph memory profiling is enabled "
+    "(default since v0.21.0). The current --gpu-memory-utilization=0.8200 is equivalent to "
+    "--gpu-memory-utilization=0.8048 without CUDA graph memory profiling. To maintain the same effective KV "
+    "cache size as before, increase --gpu-memory-utilization to 0.8352. To disable, set "
+    "VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=0.",
+    "(Worker_TP0 pid=447) INFO 08-14 14:07:22 [gpu_model_runner.py:6806] Estimated CUDA graph memory: 0.36 "
+    "GiB "
+    "total",
+    "(Worker_TP0 pid=447) INFO 08-14 14:07:22 [gpu_worker.py:563] Available KV cache memory: 6.87 GiB",
+    "(Worker_TP0 pid=447) INFO 08-14 14:07:22 [gpu_worker.py:578] CUDA graph memory profiling is enabled "
+    "(default since v0.21.0). The current --gpu-memory-utilization=0.8200 is equivalent to "
+    "--gpu-memory-utilization=0.8048 without CUDA graph memory profiling. To maintain the same effective KV "
+    "cache size as before, increase --gpu-memory-utilization to 0.8352. To disable, set "
+    "VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=0.",
+]
+# noonghunna/club-3090#127 (TP4): a secondary rank's note arrives before rank 0's KV line.
+CLUB3090_TP4 = [
+    "(Worker_TP1 pid=148) INFO 05-14 00:04:16 [gpu_model_runner.py:6143] Estimated CUDA graph memory: 0.17 "
+    "GiB "
+    "total",
+    "(Worker_TP3 pid=150) INFO 05-14 00:04:17 [gpu_worker.py:475] CUDA graph memory profiling is enabled "
+    "(default since v0.21.0). The current --gpu-memory-utilization=0.9200 is equivalent to "
+    "--gpu-memory-utilization=0.9129 without CUDA graph memory profiling. To maintain the same effective KV "
+    "cache size as before, increase --gpu-memory-utilization to 0.9271. To disable, set "
+    "VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=0.",
+    "(Worker_TP0 pid=147) INFO 05-14 00:04:17 [gpu_worker.py:460] Available KV cache memory: 15.72 GiB",
+]
+# vllm-project/vllm#53013: an estimate larger than the budget, and the refusal it causes.
+HUGE_ESTIMATE = [
+    "(Worker_DP1_TP1_EP3 pid=3585771) INFO 08-19 05:56:57 [gpu_model_runner.py:6936] Estimated CUDA graph "
+    "memory: 118.65 GiB total",
+    "(EngineCore_DP0 pid=3584999) ERROR 08-19 05:56:57 [core.py:1346] ValueError: No available memory for "
+    "the "
+    "cache blocks. Try increasing `gpu_memory_utilization` when initializing the engine (this flag also "
+    "controls "
+    "CPU memory reservation on the CPU backend, despite its name). See "
+    "https://docs.vllm.ai/en/latest/configuration/conserving_memory/ for more details.",
+]
+# MiaAI-Lab/GLM-5.3-Flash-EXL3-2x-DGX-Sparks#25 (GB10, unified memory): the pool line as quoted
+# there, with a negative "actual" (the pool freed more than it took).
+NEGATIVE_POOL = "CUDA graph pool memory: -0.19 GiB (actual), 2.43 GiB (estimated), difference: 2.62 GiB"
+
+# Lines of the installed 0.32 source with numbers filled in: no public log of them was found (the
+# start-up plan is opt-in and new). Each names the format string it comes from.
+V032_FORMATTED = [
+    # v1/worker/gpu_worker.py:972
+    "(Worker pid=7) INFO 11-20 10:00:00 [v1/worker/gpu_worker.py:971] CUDA graph pool memory: 0.25 GiB "
+    "(actual), 0.38 GiB (estimated), difference: 0.13 GiB (52.0%).",
+    # v1/worker/gpu_worker.py:1011-1031
+    "(Worker pid=7) INFO 11-20 10:00:00 [v1/worker/gpu_worker.py:1034] Free memory on device (91.64/94.97 "
+    "GiB) "
+    "on startup. Desired GPU memory utilization is (0.92, 87.37 GiB). Actual usage is 64.44 GiB for consumed "
+    "memory (weights + non-torch), 4.19 GiB for peak activation, and 0.25 GiB for CUDAGraph memory. Replace "
+    "gpu_memory_utilization config with `--kv-cache-memory=19695546368` (18.34 GiB) to fit into requested "
+    "memory, or `--kv-cache-memory=24274632704` (22.61 GiB) to fully utilize gpu memory. Current kv cache "
+    "memory in use is 17.79 GiB.",
+]
+V032_STARTUP_PLAN = [  # v1/worker/startup_plan.py:154, then gpu_worker.py:656 (the explicit path)
+    "(Worker pid=7) INFO 11-20 10:00:00 [v1/worker/startup_plan.py:153] Applying persisted startup plan "
+    "(fingerprint 3f2a9c0d1e4b5a67): kv_cache_memory_bytes=19695546368 (18.34 GiB), recorded free-memory "
+    "baseline 91.60 GiB, current 91.64 GiB. Memory profiling will be skipped.",
+    "(Worker pid=7) INFO 11-20 10:00:01 [v1/worker/gpu_worker.py:669] Initial free memory 91.64 GiB, "
+    "reserved "
+    "18.34 GiB memory for KV Cache as specified by kv_cache_memory_bytes config and skipped memory "
+    "profiling. "
+    "This does not respect the gpu_memory_utilization config.",
+]
+V032_PLAN_REFUSED = (  # v1/worker/startup_plan.py:124
+    "(Worker pid=7) INFO 11-20 10:00:00 [v1/worker/startup_plan.py:123] Startup plan not applied: current "
+    "free memory (80.12 GiB) is below the recorded baseline (91.60 GiB); falling back to full memory "
+    "profiling.")
+V032_ESTIMATE_OFF = (  # v1/worker/gpu_worker.py:791, VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=0
+    "(Worker pid=7) WARNING 11-20 10:00:00 [v1/worker/gpu_worker.py:791] CUDA graph memory profiling is "
+    "disabled (VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=0). Without it, CUDA graph memory is not accounted "
+    "for "
+    "during KV cache allocation, which may require lowering --gpu-memory-utilization to avoid OOM. Consider "
+    "re-enabling it (the default as of v0.21.0) and increasing --gpu-memory-utilization from 0.9200 to "
+    "0.9312.")
+V032_MULTIMODAL = (  # multimodal/gpu_ipc_memory.py:248, after "Available KV cache memory: 40.0 GiB"
+    "(Worker pid=7) INFO 11-20 10:00:00 [multimodal/gpu_ipc_memory.py:248] Reserving 2.5 GiB of GPU memory "
+    "for "
+    "frontend multimodal decoding (2.0 GiB raw-frame semaphore budget, 0.5 GiB decoder+CUDA-context across 1 "
+    "API server(s) @ 0.5 GiB/server); KV cache memory reduced to 37.5 GiB.")
+V032_AUTO_FIT = [  # v1/core/kv_cache_utils.py:2476 and :2468
+    "(EngineCore pid=6) INFO 11-20 10:00:02 [v1/core/kv_cache_utils.py:2476] Auto-fit max_model_len: reduced "
+    "from 131072 to 45312 to fit in available KV cache memory (5.21 GiB GPU)",
+    "(EngineCore pid=6) INFO 11-20 10:00:02 [v1/core/kv_cache_utils.py:2468] Auto-fit max_model_len: full "
+    "model "
+    "context length 32768 fits in available KV cache memory (40.0 GiB GPU)",
+]
+
+
+def test_estimate_note_of_each_version_and_rank_zero_wins() -> None:
+    """0.18's wording and 0.27's: rank 0's estimate and advice win over TP1's printed first."""
+    f = _feed(V018_TP2)[0].figures
+    assert (f.cuda_graph_estimate_gib, f.available_kv_cache_gib) == (4.38, 25.46)
+    assert (f.gpu_memory_utilization, f.utilization_without_cuda_graph_estimate,
+            f.suggested_gpu_memory_utilization) == (0.9, 0.8015, 0.9985)
+    parser, moves = _feed(V027_TP2)
+    f = parser.figures
+    assert moves == [Phase.PROFILING, Phase.KV_CACHE]
+    assert (f.cuda_graph_counts, f.cuda_graph_largest) == ({"PIECEWISE": 16}, {"PIECEWISE": 16})
+    assert (f.cuda_graph_estimate_gib, f.available_kv_cache_gib, f.kv_cache_gib) == (0.36, 6.87, 6.87)
+    assert (f.gpu_memory_utilization, f.utilization_without_cuda_graph_estimate,
+            f.suggested_gpu_memory_utilization) == (0.82, 0.8048, 0.8352)
+    f = _feed(CLUB3090_TP4)[0].figures  # only other ranks printed the note: their values stand
+    assert (f.cuda_graph_estimate_gib, f.available_kv_cache_gib) == (0.17, 15.72)
+    assert (f.utilization_without_cuda_graph_estimate, f.suggested_gpu_memory_utilization) == (0.9129, 0.9271)
+
+
+def test_estimate_larger_than_the_budget_is_no_kv_memory() -> None:
+    parser, failure = parse_log("\n".join(HUGE_ESTIMATE))
+    assert parser.figures.cuda_graph_estimate_gib == 118.65
+    assert failure is not None and (failure.kind, failure.retryable) == ("no_kv_memory", True)
+    assert failure.message.startswith("ValueError: No available memory for the cache blocks.")
+
+
+def test_cuda_graph_pool_actual_and_estimated() -> None:
+    parser, moves = _feed([NEGATIVE_POOL])
+    assert moves == [Phase.GRAPHS]
+    f = parser.figures
+    assert (f.cuda_graph_pool_actual_gib, f.cuda_graph_pool_estimated_gib) == (-0.19, 2.43)
+    f = _feed(V032_FORMATTED)[0].figures
+    assert (f.cuda_graph_pool_actual_gib, f.cuda_graph_pool_estimated_gib) == (0.25, 0.38)
+
+
+def test_summary_line_of_newer_versions() -> None:
+    """0.2x+ print weights and non-torch memory as one "consumed memory" figure."""
+    f = _feed(V032_FORMATTED)[0].figures
+    assert (f.summary_free_gib, f.summary_total_gib, f.summary_utilization, f.summary_requested_gib) == (
+        91.64, 94.97, 0.92, 87.37)
+    assert (f.summary_consumed_gib, f.summary_activation_peak_gib, f.summary_cuda_graph_gib,
+            f.summary_kv_cache_gib) == (64.44, 4.19, 0.25, 17.79)
+    assert (f.summary_weights_gib, f.summary_non_torch_gib) == (None, None)  # 0.19 wording only
+    assert (f.suggested_kv_cache_bytes, f.suggested_kv_cache_bytes_full) == (19695546368, 24274632704)
+
+
+def test_startup_plan_applied_and_refused() -> None:
+    parser, moves = _feed(V032_STARTUP_PLAN)
+    f = parser.figures
+    assert moves == [Phase.PROFILING, Phase.KV_CACHE]
+    assert (f.startup_plan, f.startup_plan_fingerprint, f.startup_plan_kv_cache_bytes) == (
+        "applied", "3f2a9c0d1e4b5a67", 19695546368)
+    assert (f.startup_plan_baseline_free_gib, f.init_free_gib) == (91.6, 91.64)
+    assert (f.explicit_kv_cache_gib, f.kv_cache_gib) == (18.34, 18.34)
+    f = _feed([V032_PLAN_REFUSED])[0].figures
+    assert (f.startup_plan, f.init_free_gib, f.startup_plan_baseline_free_gib) == ("not applied", 80.12, 91.6)
+    assert f.startup_plan_kv_cache_bytes is None
+
+
+def test_estimate_turned_off_multimodal_reservation_and_auto_fit() -> None:
+    f = _feed([V032_ESTIMATE_OFF])[0].figures
+    assert (f.gpu_memory_utilization, f.suggested_gpu_memory_utilization) == (0.92, 0.9312)
+    assert f.utilization_without_cuda_graph_estimate is None
+    f = _feed(["(Worker pid=7) INFO 11-20 10:00:00 [v1/worker/gpu_worker.py:759] Available KV cache memory: "
+               "40.0 GiB", V032_MULTIMODAL])[0].figures
+    assert (f.available_kv_cache_gib, f.multimodal_reserved_gib, f.kv_cache_after_multimodal_gib) == (
+        40.0, 2.5, 37.5)
+    assert f.kv_cache_gib == 37.5  # what the cache got
+    parser, moves = _feed(V032_AUTO_FIT[:1])
+    assert (moves, parser.figures.auto_fit_max_model_len) == ([Phase.KV_CACHE], 45312)
+    assert _feed(V032_AUTO_FIT[1:])[0].figures.auto_fit_max_model_len == 32768
+
+
+def test_0_19_note_gives_the_suggested_utilization() -> None:
+    """0.19's "increase --gpu-memory-utilization from 0.9500 to 0.9577" note (no estimate taken)."""
+    f = run("qwen-qwen2-5-7b-instruct--h100-80gb--tp1pp1dp1--8192.log").parser.figures
+    assert (f.gpu_memory_utilization, f.suggested_gpu_memory_utilization) == (0.95, 0.9577)
+    assert f.utilization_without_cuda_graph_estimate is None and f.startup_plan is None
+
+
+# ---- calibration/vllm-issues: start-up excerpts of vLLM 0.20-0.33 harvested from public threads --
+ISSUES = CALIBRATION / "vllm-issues"
+# file → (figures, failure kind or None); files not listed must still parse.
+ISSUE_EXPECTED: dict[str, tuple[dict, str | None]] = {
+    # vllm-project/vllm#49878 (0.26): KV size given, profiling skipped, then a failure whose cause
+    # the excerpt does not show.
+    "49878.log": ({"init_free_gib": 93.88, "explicit_kv_cache_gib": 49.0, "kv_cache_gib": 49.0}, "unknown"),
+    # vllm-project/vllm#50456 (0.26): the log's capacity in tokens at 1.16x.
+    "50456.log": ({"kv_cache_tokens": 302945, "max_concurrency": 1.16, "max_concurrency_len": 262144}, None),
+    # vllm-project/vllm#57475 (0.29): lines posted without prefixes and cut short ("… for 124,000
+    # tokens", "took 0.46 G"): what is cut is not read as a number.
+    "57475.log": ({"available_kv_cache_gib": 2.97, "kv_cache_tokens": 150745, "max_concurrency_len": None,
+                   "max_concurrency": None, "graph_capture_seconds": None, "graph_capture_gib": None}, None),
+    # vllm-project/vllm#44376 (0.22): the length check, with vLLM's estimate of what fits.
+    "44376.log": ({}, "kv_too_small_for_context"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in ISSUES.glob("*.log")))
+def test_harvested_newer_logs(name: str) -> None:
+    parser, failure = parse_log((ISSUES / name).read_text())
+    assert isinstance(parser.phase, Phase)
+    json.dumps(parser.figures.to_json())
+    if failure is not None:
+        assert isinstance(failure.kind, FailureKind) and len(failure.message) < 1000
+    if name not in ISSUE_EXPECTED:
+        return
+    figures, kind = ISSUE_EXPECTED[name]
+    data = parser.figures.to_json()
+    assert {k: data[k] for k in figures} == figures
+    assert (failure.kind if failure else None) == kind
+
+
+def test_harvested_length_refusal_details() -> None:
+    failure = classify_failure((ISSUES / "44376.log").read_text().splitlines())
+    assert failure.details == {"max_model_len": 30000, "needed_gib": 6.66, "available_gib": 5.44,
+                               "estimated_max_model_len": 13528}
+
+
+# ---- properties: any text is safe to feed; what vLLM's format strings print reads back ---------
+@given(st.lists(st.text(max_size=300), max_size=12))
+def test_any_text_is_safe(lines: list[str]) -> None:
+    parser = LogParser()
+    for line in lines:
+        parser.feed(line)
+    json.dumps(parser.figures.to_json())
+    classify_failure(lines, returncode=1)
+    important_lines(lines)
+
+
+_BYTES = st.integers(min_value=-(2**36), max_value=2**41)  # what format_gib is handed
+_UTIL = st.floats(min_value=0.01, max_value=1.0, allow_nan=False)
+# vLLM 0.32's own %-format strings (gpu_worker.py:972 and :774, startup_plan.py:154 and :124).
+POOL_FORMAT = "CUDA graph pool memory: %s GiB (actual), %s GiB (estimated), difference: %s GiB (%.1f%%)."
+ADVICE_FORMAT = (
+    "CUDA graph memory profiling is enabled (default since v0.21.0). The current "
+    "--gpu-memory-utilization=%.4f is equivalent to --gpu-memory-utilization=%.4f without CUDA graph memory "
+    "profiling. To maintain the same effective KV cache size as before, increase --gpu-memory-utilization to "
+    "%.4f. To disable, set VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=0.")
+PLAN_FORMAT = (
+    "Applying persisted startup plan (fingerprint %s): kv_cache_memory_bytes=%d (%.2f GiB), recorded "
+    "free-memory baseline %.2f GiB, current %.2f GiB. Memory profiling will be skipped.")
+NO_PLAN_FORMAT = (
+    "Startup plan not applied: current free memory (%.2f GiB) is below the recorded baseline (%.2f GiB); "
+    "falling back to full memory profiling.")
+
+
+def _fill(template: str, *args: object) -> str:
+    return template % args  # the engine's logger formats the same way
+
+
+def _gib(n: int) -> str:
+    """vLLM's `format_gib` (utils/mem_utils.py): GiB rounded to 2 decimals, printed with str()."""
+    return f"{round(n / 2**30, 2)}"
+
+
+@given(_BYTES, _BYTES, _BYTES, _BYTES, _BYTES, _BYTES, _UTIL)
+def test_newer_summary_and_pool_lines_read_back(free: int, total: int, consumed: int, peak: int,
+                                                graphs: int, estimate: int, util: float) -> None:
+    """The summary (gpu_worker.py:1011) and pool lines of 0.32, filled with any numbers."""
+    diff = abs(graphs - estimate)
+    pool = _fill(POOL_FORMAT, round(graphs / 2**30, 2), round(estimate / 2**30, 2),
+                 round(diff / 2**30, 2), 100 * diff / max(graphs, 1))
+    summary = (f"Free memory on device ({_gib(free)}/{_gib(total)} GiB) on startup. Desired GPU memory "
+               f"utilization is ({util}, {_gib(total)} GiB). Actual usage is {_gib(consumed)} GiB for "
+               f"consumed memory (weights + non-torch), {_gib(peak)} GiB for peak activation, and "
+               f"{_gib(graphs)} GiB for CUDAGraph memory. Replace gpu_memory_utilization config with "
+               f"`--kv-cache-memory={estimate}` ({_gib(estimate)} GiB) to fit into requested memory, or "
+               f"`--kv-cache-memory={free}` ({_gib(free)} GiB) to fully utilize gpu memory. Current kv "
+               f"cache memory in use is {_gib(peak)} GiB.")
+    f = _feed([pool, summary])[0].figures
+    assert (f.cuda_graph_pool_actual_gib, f.cuda_graph_pool_estimated_gib) == (
+        float(_gib(graphs)), float(_gib(estimate)))
+    assert (f.summary_free_gib, f.summary_total_gib, f.summary_utilization) == (
+        float(_gib(free)), float(_gib(total)), util)
+    assert (f.summary_consumed_gib, f.summary_activation_peak_gib, f.summary_cuda_graph_gib,
+            f.summary_kv_cache_gib) == tuple(float(_gib(n)) for n in (consumed, peak, graphs, peak))
+    assert (f.suggested_kv_cache_bytes, f.suggested_kv_cache_bytes_full) == (estimate, free)
+
+
+@given(_UTIL, _UTIL, _UTIL, st.integers(min_value=1, max_value=2**41), _BYTES, _BYTES)
+def test_newer_advice_and_plan_lines_read_back(util: float, without: float, more: float, kv: int,
+                                               baseline: int, current: int) -> None:
+    """The estimate's advice and the start-up plan lines of 0.32, filled with any numbers."""
+    f = _feed([_fill(ADVICE_FORMAT, util, without, more),
+               _fill(PLAN_FORMAT, "0123456789abcdef", kv, kv / 2**30, baseline / 2**30,
+                     current / 2**30)])[0].figures
+    assert (f.gpu_memory_utilization, f.utilization_without_cuda_graph_estimate,
+            f.suggested_gpu_memory_utilization) == tuple(float(f"{x:.4f}") for x in (util, without, more))
+    assert (f.startup_plan, f.startup_plan_kv_cache_bytes, f.startup_plan_baseline_free_gib,
+            f.init_free_gib) == ("applied", kv, float(f"{baseline / 2**30:.2f}"),
+                                 float(f"{current / 2**30:.2f}"))
+    f = _feed([_fill(NO_PLAN_FORMAT, current / 2**30, baseline / 2**30)])[0].figures
+    assert (f.startup_plan, f.init_free_gib) == ("not applied", float(f"{current / 2**30:.2f}"))

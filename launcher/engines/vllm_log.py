@@ -8,7 +8,11 @@ engine's own words. Pure text in, data out: no I/O, no torch or vllm import, so 
 replay in tests exactly as a live pipe would.
 
 Phrasings are those of vLLM 0.19 (the H100 logs in calibration/vllm-0.19-h100) and of 0.32 (read from
-its source, GPU and CPU workers). Lines are searched, never anchored, because a tqdm bar and a
+its source, GPU and CPU workers, and checked on lines 0.2x users posted in vLLM's issues): the
+one-line summary "Actual usage is …", the CUDA-graph estimate and its actual-vs-estimated line, the
+advice on `--gpu-memory-utilization` that comes with the estimate, a KV size given explicitly
+("skipped memory profiling"), the persisted start-up plan, auto-fitted lengths and the KV memory
+kept back for multimodal decoding. Lines are searched, never anchored, because a tqdm bar and a
 log record often share one physical line, and a pipe may deliver `\\r`-separated progress
 updates in one read.
 
@@ -47,11 +51,13 @@ _PHASE_MARKERS: tuple[tuple[Phase, tuple[str, ...]], ...] = (
     (Phase.GRAPHS, ("Capturing CUDA graphs", "Graph capturing finished", "CUDA graph pool memory")),
     (Phase.KV_CACHE, ("Available KV cache memory", "GiB for KV cache on node",
                       "memory for KV Cache as specified", "KV cache size:", "Maximum concurrency for",
+                      "Auto-fit max_model_len",
                       "reserved for KV Cache is", "# GPU blocks:", "# cuda blocks:", "# CUDA blocks:")),
     (Phase.PROFILING, ("Model loading took", "Loading model weights took",
                        "Warming up model for the compilation", "Initial profiling/warmup run",
                        "Memory profiling takes", "Profiling CUDA graph memory",
-                       "Estimated CUDA graph memory")),
+                       "Estimated CUDA graph memory", "Applying persisted startup plan",
+                       "Startup plan not applied")),
     (Phase.LOADING, ("Starting to load model", "Loading safetensors checkpoint shards",
                      "Loading weights took")),
 )
@@ -84,12 +90,24 @@ class LogFigures:
     cuda_graph_estimate_gib: float | None = None
     cuda_graph_counts: dict[str, int] | None = None  # per mode: {"PIECEWISE": 51, "FULL": 51}
     cuda_graph_largest: dict[str, int] | None = None  # largest captured size per mode
+    # What the engine advises with its CUDA-graph estimate (0.19 "… from U to S"; 0.2x+ "U is
+    # equivalent to E without CUDA graph memory profiling … increase … to S").
+    utilization_without_cuda_graph_estimate: float | None = None
+    suggested_gpu_memory_utilization: float | None = None
+    # Persisted start-up plan (VLLM_ENABLE_STARTUP_PLAN=1): "applied" or "not applied".
+    startup_plan: str | None = None
+    startup_plan_fingerprint: str | None = None
+    startup_plan_kv_cache_bytes: int | None = None
+    startup_plan_baseline_free_gib: float | None = None
     # KV cache.
     available_kv_cache_gib: float | None = None  # GPU profiled size, or CPU "Auto set"
     explicit_kv_cache_gib: float | None = None  # --kv-cache-memory-bytes / VLLM_CPU_KVCACHE_SPACE
     host_memory_total_gib: float | None = None  # CPU: the NUMA node's total
     host_non_kv_gib: float | None = None  # CPU auto: RSS the worker used before the KV cache
     kv_cache_device: str | None = None  # "GPU", "CPU"
+    multimodal_reserved_gib: float | None = None  # kept back for frontend multimodal decoding
+    kv_cache_after_multimodal_gib: float | None = None  # … and the KV cache that is left
+    auto_fit_max_model_len: int | None = None  # --max-model-len -1/auto: the length chosen
     kv_cache_tokens: int | None = None
     kv_cache_blocks: int | None = None
     max_concurrency: float | None = None
@@ -117,7 +135,10 @@ class LogFigures:
     @property
     def kv_cache_gib(self) -> float | None:
         """The KV cache the engine sized, however it was sized (explicit wins: vLLM then skips
-        profiling and prints no "Available KV cache memory")."""
+        profiling and prints no "Available KV cache memory"; a multimodal reservation, printed
+        after either, takes its share from both)."""
+        if self.kv_cache_after_multimodal_gib is not None:
+            return self.kv_cache_after_multimodal_gib
         return self.explicit_kv_cache_gib if self.explicit_kv_cache_gib is not None \
             else self.available_kv_cache_gib
 
@@ -144,6 +165,9 @@ def _graph_groups(m: re.Match[str]) -> dict:
             "cuda_graph_largest": {mode: int(size) for mode, _, size in groups}}
 
 
+_Reader = Callable[[re.Match[str]], dict]
+
+
 def _cpu_kv(m: re.Match[str]) -> dict:
     target = "explicit_kv_cache_gib" if m["how"] == "Explicitly" else "available_kv_cache_gib"
     pairs = ((target, m["kv"]), ("host_memory_total_gib", m["total"]),
@@ -155,9 +179,12 @@ def _plain(m: re.Match[str]) -> dict:
     return {name: _convert(name, value) for name, value in m.groupdict().items() if value is not None}
 
 
+def _plan(outcome: str) -> _Reader:
+    return lambda m: {**_plain(m), "startup_plan": outcome}
+
+
 # (substring that must be present, pattern, reader): named groups are LogFigures fields, read
 # by `_plain` unless the line needs its own reader.
-_Reader = Callable[[re.Match[str]], dict]
 _FIGURE_RULES: tuple[tuple[str, re.Pattern[str], _Reader], ...] = tuple(
     (key, re.compile(pattern), reader or _plain) for key, pattern, reader in (
         ("version", r"(?:█\s+version|vLLM (?:API )?server version)\s+v?(?P<engine_version>\d+\.\d+[^\s,]*)",
@@ -189,6 +216,22 @@ _FIGURE_RULES: tuple[tuple[str, re.Pattern[str], _Reader], ...] = tuple(
         ("Profiling CUDA graph memory", r"Profiling CUDA graph memory: .*", _graph_groups),
         ("Estimated CUDA graph memory",
          rf"Estimated CUDA graph memory: (?P<cuda_graph_estimate_gib>{_NUM}) GiB total", None),
+        ("without CUDA graph memory profiling",
+         rf"The current --gpu-memory-utilization=(?P<gpu_memory_utilization>{_NUM}) is equivalent to "
+         rf"--gpu-memory-utilization=(?P<utilization_without_cuda_graph_estimate>{_NUM}) without CUDA graph "
+         rf"memory profiling\. To maintain the same effective KV cache size as before, increase "
+         rf"--gpu-memory-utilization to (?P<suggested_gpu_memory_utilization>{_NUM})", None),
+        ("--gpu-memory-utilization from",  # 0.19's note, and 0.2x+ with the estimate turned off
+         rf"--gpu-memory-utilization from (?P<gpu_memory_utilization>{_NUM}) to "
+         rf"(?P<suggested_gpu_memory_utilization>{_NUM})", None),
+        ("Applying persisted startup plan",
+         rf"Applying persisted startup plan \(fingerprint (?P<startup_plan_fingerprint>[^)\s]+)\): "
+         rf"kv_cache_memory_bytes=(?P<startup_plan_kv_cache_bytes>\d+) \({_NUM} GiB\), recorded free-memory "
+         rf"baseline (?P<startup_plan_baseline_free_gib>{_NUM}) GiB, current (?P<init_free_gib>{_NUM}) GiB",
+         _plan("applied")),
+        ("Startup plan not applied",
+         rf"Startup plan not applied: current free memory \((?P<init_free_gib>{_NUM}) GiB\) is below the "
+         rf"recorded baseline \((?P<startup_plan_baseline_free_gib>{_NUM}) GiB\)", _plan("not applied")),
         ("Available KV cache memory",
          rf"Available KV cache memory: (?P<available_kv_cache_gib>{_NUM}) GiB", None),
         ("GiB for KV cache on node",
@@ -197,8 +240,16 @@ _FIGURE_RULES: tuple[tuple[str, re.Pattern[str], _Reader], ...] = tuple(
          rf"(?P<consumed>{_NUM}) GiB memory was consumed by non-kv usages)?", _cpu_kv),
         ("reserved for KV Cache is",  # V0 engines
          rf"the rest of the memory reserved for KV Cache is (?P<available_kv_cache_gib>{_NUM}) ?GiB", None),
-        ("memory for KV Cache as specified",
+        ("memory for KV Cache as specified",  # "… and skipped memory profiling"
+         rf"(?:Initial free memory (?P<init_free_gib>{_NUM}) GiB, )?"
          rf"reserved (?P<explicit_kv_cache_gib>{_NUM}) GiB memory for KV Cache", None),
+        ("for frontend multimodal decoding",
+         rf"Reserving (?P<multimodal_reserved_gib>{_NUM}) GiB of GPU memory for frontend multimodal decoding "
+         rf".*KV cache memory reduced to (?P<kv_cache_after_multimodal_gib>{_NUM}) GiB", None),
+        ("Auto-fit max_model_len: reduced",
+         r"Auto-fit max_model_len: reduced from \d+ to (?P<auto_fit_max_model_len>\d+)", None),
+        ("Auto-fit max_model_len: full",
+         r"Auto-fit max_model_len: full model context length (?P<auto_fit_max_model_len>\d+) fits", None),
         ("KV cache size:", r"(?P<kv_cache_device>[A-Z]+)(?: \+ host)? KV cache size: "
          r"(?P<kv_cache_tokens>[\d,]+) tokens", None),
         ("Maximum concurrency for", rf"Maximum concurrency for (?P<max_concurrency_len>[\d,]+) tokens per "
@@ -232,11 +283,13 @@ _FIGURE_RULES: tuple[tuple[str, re.Pattern[str], _Reader], ...] = tuple(
 )
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_LINE_BREAK = re.compile(r"[\r\n]")
 
 
 def _pieces(line: str) -> list[str]:
-    """A pipe line split at carriage returns (tqdm redraws), colours removed."""
-    return [p for p in _ANSI.sub("", line).rstrip("\n").split("\r") if p.strip()]
+    """A pipe line split at carriage returns (tqdm redraws) and any newline inside it, colours
+    removed."""
+    return [p for p in _LINE_BREAK.split(_ANSI.sub("", line)) if p.strip()]
 
 
 _RANKS = re.compile(r"^\((?P<proc>[^()]*?) pid=\d+\)")

@@ -5,18 +5,28 @@ types (sliding window + full, chunked + full) are split into KV-cache groups of 
 the group size is the smallest per-type layer count, each type's layers are cut into groups
 of that size (the last one padded; when the largest count is under 1.5× the smallest, the
 largest is the group size), and one block id then stands for `group_size` layers'
-worth of pages. The log line "GPU KV cache size: N tokens" is `(num_blocks // num_groups) ×
-block_size`; "Maximum concurrency" divides num_blocks by the blocks one full-length request
-needs in every group (sliding layers need only their window plus one batch, plus one block).
-Checked against real 0.19 logs of Gemma 2/3, gpt-oss and Llama 4 (tests/test_kv.py).
+worth of pages. With pipeline parallelism the groups are formed over the whole model (a type's
+i-th group takes every n-th layer of that type) and each stage keeps its own layers of every
+group, so a stage's block holds as many pages as its fullest group (vLLM `get_kv_cache_configs`).
+The log line "GPU KV cache size: N tokens" is `(num_blocks // num_groups) × block_size` up to
+0.19 (`kv_tokens`) and `int(concurrency × max_model_len)` in newer versions
+(`kv_capacity_tokens`); "Maximum concurrency" divides num_blocks by the blocks one full-length
+request needs in every group (sliding layers need only their window plus the tokens in flight,
+plus one block).
+Checked against real 0.19 logs of Gemma 2/3, gpt-oss and Llama 4
+(tests/test_estimate_calibration.py) and against the installed vLLM's own functions
+(tests/test_vllm_oracle.py).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from launcher.memory.weights import pp_layer_ranges
 from launcher.models.spec import ModelSpec
 
 
@@ -47,31 +57,48 @@ def kv_bytes_per_token_layer(spec: ModelSpec, tp: int, kv_bytes: int) -> int:
     return 2 * heads * spec.head_dim * kv_bytes
 
 
+@functools.lru_cache(maxsize=1024)
+def _vllm_groups(kinds: tuple[str, ...]) -> tuple[int, tuple[tuple[str, tuple[int, ...]], ...]]:
+    """vLLM's `_get_kv_cache_groups_uniform_page_size` over the whole model: the group size and
+    each group's (kind, layer indices). A kind's n groups take its layers i, i+n, i+2n, …"""
+    by_kind: dict[str, list[int]] = {}
+    for i, kind in enumerate(kinds):
+        by_kind.setdefault(kind, []).append(i)
+    counts = [len(v) for v in by_kind.values()]
+    size = min(counts)
+    if max(counts) < size * 1.5:  # vLLM: avoid many padding layers (one kind: one group)
+        size = max(counts)
+    groups: list[tuple[str, tuple[int, ...]]] = []
+    for kind, layers in sorted(by_kind.items()):
+        n = math.ceil(len(layers) / size)
+        groups += [(kind, tuple(layers[i::n])) for i in range(n)]
+    return size, tuple(groups)
+
+
+def _stage_group_size(groups: Sequence[tuple[str, Sequence[int]]], stage: range) -> int:
+    """Pages one block id holds on a pipeline stage: its layers in the fullest group."""
+    return max(sum(1 for layer in members if layer in stage) for _, members in groups)
+
+
 def geometry(spec: ModelSpec, *, tp: int, pp: int, kv_bytes: int, block_size: int,
-             stage_layers: int | None = None) -> KvGeometry:
-    """KV layout of the worst pipeline stage (the one holding the most layers)."""
-    # Chunked local attention (Llama 4) is its own group: the 0.19 Scout log shows 4 groups of
-    # 12 (91495 blocks → 365,968 tokens), so the hybrid manager stays on for it.
-    kinds = spec.layer_kinds()
-    if stage_layers is not None and pp > 1:
-        # Pipeline stages hold contiguous layers; the mix of kinds is close to the whole model's.
-        share = stage_layers / spec.num_layers
-        counts = Counter(kinds)
-        per_kind = {k: max(1, round(v * share)) for k, v in counts.items()}
-    else:
-        per_kind = dict(Counter(kinds))
-    if len(per_kind) == 1:
-        (kind, n), = per_kind.items()
-        groups: tuple[tuple[str, int], ...] = ((kind, 1),)
-        group_size = n
-    else:
-        group_size = min(per_kind.values())
-        if max(per_kind.values()) < group_size * 1.5:  # vLLM: avoid many padding layers
-            group_size = max(per_kind.values())
-        groups = tuple((k, math.ceil(n / group_size)) for k, n in sorted(per_kind.items()))
+             stage_layers: int | None = None, stage: int | None = None) -> KvGeometry:
+    """KV layout of one pipeline stage: `stage` (index), else the worst stage holding
+    `stage_layers` layers, else (pp = 1) the whole model.
+
+    Chunked local attention (Llama 4) is its own group: the 0.19 Scout log shows 4 groups of
+    12 (91495 blocks → 365,968 tokens), so the hybrid manager stays on for it."""
+    size, members = _vllm_groups(tuple(spec.layer_kinds()))
+    if pp > 1 and (stage is not None or stage_layers is not None):
+        ranges = pp_layer_ranges(spec.num_layers, pp)
+        if stage is not None:
+            candidates = [ranges[stage]]
+        else:  # every stage of that size; a size no stage has: the worst stage of all
+            candidates = [r for r in ranges if len(r) == stage_layers] or ranges
+        size = max(_stage_group_size(members, r) for r in candidates)
+    groups = tuple(sorted(Counter(kind for kind, _ in members).items()))
     return KvGeometry(
         bytes_per_token_layer=kv_bytes_per_token_layer(spec, tp, kv_bytes),
-        group_size=group_size, groups=groups, block_size=block_size,
+        group_size=size, groups=groups, block_size=block_size,
         sliding_window=spec.sliding_window, chunk_size=spec.attention_chunk_size)
 
 
@@ -80,12 +107,25 @@ def num_blocks(geo: KvGeometry, kv_cache_bytes: int) -> int:
 
 
 def kv_tokens(geo: KvGeometry, kv_cache_bytes: int) -> int:
-    """What vLLM logs as "GPU KV cache size: N tokens"."""
+    """What vLLM up to 0.19 logs as "GPU KV cache size: N tokens"."""
     return (num_blocks(geo, kv_cache_bytes) // geo.num_groups) * geo.block_size
 
 
+def kv_capacity_tokens(geo: KvGeometry, kv_cache_bytes: int, max_model_len: int,
+                       max_num_batched_tokens: int) -> int:
+    """What newer vLLM logs as "GPU KV cache size: N tokens" (`get_kv_cache_capacity`, seen in
+    0.26 logs and read in 0.32): concurrency × max_model_len, which for hybrid models counts the
+    tokens a sliding window lets go of."""
+    return int(max_concurrency(geo, kv_cache_bytes, max_model_len, max_num_batched_tokens)
+               * max_model_len)
+
+
 def blocks_per_request(geo: KvGeometry, max_model_len: int, max_num_batched_tokens: int) -> int:
-    """Blocks (summed over groups) one request of `max_model_len` tokens can occupy."""
+    """Blocks (summed over groups) one request of `max_model_len` tokens can occupy.
+
+    `max_num_batched_tokens` is the tokens in flight a sliding or chunked layer keeps besides its
+    window: one batch up to 0.19; vLLM 0.32 reserves `max_in_flight_tokens`, one batch per
+    concurrent step (2 with async scheduling, its default on GPUs; PP + 1 with the V2 runner)."""
     total = 0
     full = math.ceil(max_model_len / geo.block_size)
     for kind, n in geo.groups:
@@ -107,9 +147,13 @@ def max_concurrency(geo: KvGeometry, kv_cache_bytes: int, max_model_len: int,
     return num_blocks(geo, kv_cache_bytes) / need if need else 0.0
 
 
-def bytes_for_one_request(geo: KvGeometry, max_model_len: int, max_num_batched_tokens: int) -> int:
-    """vLLM refuses to start when the cache cannot hold one full-length request."""
-    return blocks_per_request(geo, max_model_len, max_num_batched_tokens) * geo.bytes_per_block
+def bytes_for_one_request(geo: KvGeometry, max_model_len: int, max_num_batched_tokens: int,
+                          *, null_block: bool = False) -> int:
+    """vLLM refuses to start when the cache cannot hold one full-length request. Since
+    vllm-project/vllm#47272 (merged 2026-07-01, after 0.19) the check also leaves out the block
+    the block pool keeps as its null block: `null_block=True`."""
+    blocks = blocks_per_request(geo, max_model_len, max_num_batched_tokens) + int(null_block)
+    return blocks * geo.bytes_per_block
 
 
 def bytes_for_requests(geo: KvGeometry, requests: int, max_model_len: int,
