@@ -5,6 +5,11 @@ flags from calibration/vllm-0.19-h100/runs.csv and prints, per run and in summar
 the relative error of weights, KV-cache GiB and KV-cache tokens, next to a plain baseline
 (KV = U·T − weights, tokens = KV / naive bytes-per-token, as most calculators compute).
 Then the same for the rows of calibration/vllm-memory-reports.csv whose version is calibrated.
+Before all that (nothing may follow the 0.19 summaries: CI greps them), per newer vLLM
+version (calibration/vllm-newer-logs.csv and the post-0.19 rows of vllm-memory-reports.csv):
+the errors of KV GiB and of the non-KV total, each run estimated with its own version's rules
+("not modelled" where profiles/engines/vllm.yaml has no entry), and the overhead constants
+those rows would give if fitted (launcher.calibration.per_version).
 
     python bench/accuracy.py [--calibration DIR] [--json]
 
@@ -29,6 +34,17 @@ from launcher.calibration.accuracy import (
     read_runs,
     summarize,
 )
+from launcher.calibration.per_version import (
+    evaluate_versions,
+    fit_versions,
+    format_fits,
+    format_runs,
+    format_versions,
+    read_newer_logs,
+    reports_as_newer,
+    runs_json,
+    summarize_versions,
+)
 from launcher.engines.calibration import calibration_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,9 +68,23 @@ def main() -> int:
         raise SystemExit(str(e)) from None
     summary = summarize(results)
     rsummary = summarize(reports) if reports else None
+    newer = read_newer_logs(args.calibration / "vllm-newer-logs.csv") + reports_as_newer(
+        read_runs(args.calibration / "vllm-memory-reports.csv", status=None))
+    version_runs = evaluate_versions(newer, configs, calibration_for)
+    versions = summarize_versions(version_runs, calibration_for)
+    fits = fit_versions(newer, configs, calibration_for, cal)
     if args.json:
-        print(json.dumps({"runs": summary, "memory_reports_0.19": rsummary}, indent=2))
+        print(json.dumps({"runs": summary, "memory_reports_0.19": rsummary,
+                          "per_version": versions, "per_version_runs": runs_json(version_runs),
+                          "per_version_fits": fits}, indent=2))
         return 0
+    # Newer versions first: CI greps `^runs` with 8 lines of context, so nothing may follow the
+    # 0.19 summaries.
+    print(format_versions(versions, "Newer vLLM versions: public start-ups (vllm-newer-logs.csv, "
+                                    "post-0.19 rows of vllm-memory-reports.csv), each estimated "
+                                    "with its own version's rules").lstrip("\n"))
+    print(format_runs(version_runs))
+    print(format_fits(fits))
     print(format_table(results, "vLLM 0.19.0 on H100-80GB: every successful run of the calibration "
                                 "sweep ((r) = reconstructed config)"))
     print(format_summary(summary))
