@@ -1,6 +1,7 @@
 """Command line: parse → call → render. No logic of its own.
 
-The options of `gpus`, `models`, `estimate`, `plan` and `serve` are not written here: each
+The options of `gpus`, `models`, `estimate`, `plan`, `serve` and `calibration show` are not
+written here: each
 command's signature is built from the registry in `launcher.options` (flags, help, the
 `LAUNCHER_<NAME>` variable), and the registry settles and parses the values (CLI > env >
 profile > default) and builds the objects the core receives. Click only reads the command
@@ -243,20 +244,94 @@ def plan(**given: Any) -> None:
 @app.command("demo-model")
 def demo_model(
     directory: Annotated[str | None, typer.Argument(
-        help="Where to build it (default: $LAUNCHER_CACHE_DIR/demo-model).")] = None,
+        help="Where to build it (default: $LAUNCHER_CACHE_DIR/demo-model, or "
+             "demo-model-large).")] = None,
     force: Annotated[bool, typer.Option(help="Rebuild even if it is already there.")] = False,
+    size: Annotated[str, typer.Option(
+        help="small: the tiny demo (profile `demo`); large: a 0.49 B model shaped like "
+             "Qwen2.5-0.5B (0.92 GiB of bf16 weights).")] = "small",
 ) -> None:
-    """Build the tiny demo model (random weights, trained BPE tokenizer; no download)."""
+    """Build a demo model (random weights, trained BPE tokenizer; no download)."""
     from pathlib import Path
 
-    from launcher.models.demo import build_demo_model, default_dir, is_built
+    from launcher.models.demo import SIZES, build_demo_model, default_dir, is_built
 
-    path = Path(directory).expanduser() if directory else default_dir()
-    if force or not is_built(path):
-        build_demo_model(path)
+    if size not in SIZES:
+        raise InputError(f"--size {size!r} is not {' or '.join(SIZES)}",
+                         fix="Use --size small or --size large.")
+    path = Path(directory).expanduser() if directory else default_dir(size)
+    if force or not is_built(path, size):
+        build_demo_model(path, size)
         print(f"built {path}")
     else:
         print(f"already built: {path}")
+
+
+calibration_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                              pretty_exceptions_enable=False,
+                              help="What earlier verified starts on this host measured (the "
+                                   "boot store plans learn from).")
+app.add_typer(calibration_app, name="calibration")
+
+
+@_command(calibration_app, "calibration", name="show")
+def calibration_show(**given: Any) -> None:
+    """The boots stored on this host: planned vs measured, under their fingerprint."""
+    from launcher.calibration.boot_store import BootStore
+
+    store = BootStore()
+    found = store.load()
+    if found.problem:
+        print(f"warning: {found.problem}", file=sys.stderr)
+    if given["json"]:
+        _print_json({"path": str(store.path), "problem": found.problem,
+                     "boots": [b.to_json() for b in found.boots]})
+        return
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from launcher.units import fmt_gib
+
+    # one row per boot, unwrapped also when piped (a pipe has no width; rich assumes 80)
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    if not found.boots:
+        console.print(f"no boots stored in {store.path}")
+        return
+    t = Table(title=f"Boots on this host ({store.path}), oldest first", title_justify="left",
+              box=box.SIMPLE_HEAD)
+    for col in ("when", "model", "engine · device", "shape · batch", "planned", "measured",
+                "over the model"):
+        t.add_column(col, justify="right" if col in ("planned", "measured", "over the model")
+                     else "left")
+    for b in found.boots:
+        f = b.fingerprint
+        over, frac = b.overshoot_bytes, b.overshoot_fraction
+        t.add_row(b.at.replace("T", " ")[:16],
+                  f"{b.model_name} {f.dtype}"
+                  + ("" if f.quantization == "none" else f" {f.quantization}"),
+                  f"{f.engine} {f.device_name}" + (f" ({f.driver})" if f.driver else ""),
+                  f.shape, fmt_gib(b.engine_planned_bytes), fmt_gib(b.engine_measured_bytes),
+                  "–" if over is None else
+                  f"{'+' if over >= 0 else '-'}{fmt_gib(abs(over))}"
+                  + ("" if frac is None else f" ({frac:+.0%})"))
+    console.print(t)
+    console.print("planned, measured: the engine's memory on its worst device, KV cache "
+                  "included; over the model: measured − what the memory model planned "
+                  "(share of its non-KV memory). Plans on this host add what these call for.")
+
+
+@calibration_app.command("clear")
+def calibration_clear() -> None:
+    """Empty the boot store (asks nothing); prints what it removed."""
+    from launcher.calibration.boot_store import BootStore
+
+    store = BootStore()
+    removed = store.clear()
+    if not removed:
+        print(f"nothing to remove: no boot store at {store.path}")
+    for what in removed:
+        print(f"removed {what}")
 
 
 def _click_exceptions() -> tuple[tuple[type[Exception], ...], tuple[type[Exception], ...]]:

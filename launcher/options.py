@@ -4,7 +4,8 @@ One `Option` per setting gives its flag spellings, its `LAUNCHER_<NAME>` variabl
 default (the named policy values of `launcher.policy`), unit, choices, help text and the
 commands that take it. From this table come:
 
-    the Typer parameters of `gpus`, `models`, `estimate`, `plan` and `serve` (`launcher.cli`)
+    the Typer parameters of `gpus`, `models`, `estimate`, `plan`, `serve` and
+    `calibration show` (`launcher.cli`)
     one parser per kind, for the command line, the environment and profile defaults alike
     the settled values with their source (`launcher.settings`: CLI > env > profile > default)
     the objects the core receives: PlanRequest, Target, ServeOptions, EngineFlags
@@ -40,7 +41,7 @@ Value = str | int | float | bool | None
 Kind = Literal["text", "path", "int", "float", "size", "choice", "bool", "switch", "args"]
 Form = Literal["basic", "advanced"]
 
-COMMANDS = ("gpus", "models", "estimate", "plan", "serve")
+COMMANDS = ("gpus", "models", "estimate", "plan", "serve", "calibration")
 INVENTORY = ("gpus", "estimate", "plan", "serve")
 ENGINE = ("estimate", "plan", "serve")
 PLANNING = ("plan", "serve")
@@ -267,7 +268,7 @@ OPTIONS: tuple[Option, ...] = (
            label="Memory sample interval (s)"),
     Option("explain", "switch", "Also show where every option's value came from.", PLANNING),
     Option("json", "switch", "Print one JSON object on stdout.",
-           ("gpus", "models", "estimate", "plan", "serve")),
+           ("gpus", "models", "estimate", "plan", "serve", "calibration")),
     # Variables only: read where they are used.
     Option("api_token", "text", "Bearer token every control-API endpoint except /livez and "
            "/readyz requires. Without it the control API is open: keep its port private. "

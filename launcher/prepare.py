@@ -1,14 +1,22 @@
 """The edge around the pure planner: gather the inputs (inventory, model, engine version,
-profile variants), plan, and attach the engine command. Used by `launcher plan`,
-`serve --dry-run` and `serve`."""
+profile variants, what earlier boots on this host measured), plan, and attach the engine
+command. Used by `launcher plan`, `serve --dry-run` and `serve`.
+
+Earlier boots (`launcher.calibration.boot_store`) correct a plan for this host's real devices
+only (NVML or host memory, or a relaunch on memory the engine measured), never one for
+simulated GPUs or a snapshot: the plan is made once, its fingerprint looked up, and when the
+boots call for more memory it is made again with that much more runtime reserve per device
+(`PlanRequest.learned_bytes`), with a note saying from how many boots and how.
+"""
 
 from __future__ import annotations
 
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from launcher.hardware.inventory import GpuInfo
 from launcher.memory.calibration import Device
@@ -16,6 +24,10 @@ from launcher.models.spec import ModelSpec
 from launcher.planner import Plan, PlanRequest
 from launcher.planner import plan as make_plan
 from launcher.policy import DEFAULT_HOST, DEFAULT_PORT
+
+if TYPE_CHECKING:
+    from launcher.calibration.boot_store import BootStore
+    from launcher.calibration.boots import Fingerprint
 
 
 @dataclass(frozen=True)
@@ -59,6 +71,11 @@ def resolve_devices(target: Target) -> ResolvedDevices:
     `auto` is the GPUs NVML sees, else (no driver, or no GPU) the CPU backend on host memory.
     `--gpus`/`--inventory-file` describe GPUs unless `--device cpu` asks for the snapshot's host.
     """
+    return _resolve(target)[0]
+
+
+def _resolve(target: Target) -> tuple[ResolvedDevices, str | None]:
+    """`resolve_devices` and the driver version of the inventory read (None: none known)."""
     from launcher.errors import HardwareError, InputError
     from launcher.hardware import get_inventory
     from launcher.hardware.cpu import NodeMemory, cpu_device, read_node_memory
@@ -77,29 +94,36 @@ def resolve_devices(target: Target) -> ResolvedDevices:
                                  fix="Record it with `launcher gpus --json` on the host.")
             mem = NodeMemory(0, inv.host.total_ram_bytes, inv.host.available_ram_bytes,
                              f"file:{target.inventory_file}")
-            return ResolvedDevices(Device.CPU, [cpu_device(mem)], mem.source, [])
+            return ResolvedDevices(Device.CPU, [cpu_device(mem)], mem.source, []), None
         mem = read_node_memory()
-        return ResolvedDevices(Device.CPU, [cpu_device(mem)], f"host:{mem.source}", [])
+        return ResolvedDevices(Device.CPU, [cpu_device(mem)], f"host:{mem.source}", []), None
     if target.gpus or target.inventory_file or target.device == "cuda":
         inv = get_inventory(gpus=target.gpus, inventory_file=target.inventory_file)
-        return ResolvedDevices(Device.CUDA, list(inv.gpus), inv.source, list(inv.assumptions))
+        return ResolvedDevices(Device.CUDA, list(inv.gpus), inv.source,
+                               list(inv.assumptions)), inv.driver_version
     try:
         inv = get_inventory()
     except HardwareError as e:
         mem = read_node_memory()
         return ResolvedDevices(Device.CPU, [cpu_device(mem)], f"host:{mem.source}", [
-            f"no GPU ({e.message.rstrip('.')}): planning for vLLM's CPU backend on host memory"])
+            f"no GPU ({e.message.rstrip('.')}): planning for vLLM's CPU backend on host "
+            "memory"]), None
     if not inv.gpus:
         mem = read_node_memory()
         return ResolvedDevices(Device.CPU, [cpu_device(mem)], f"host:{mem.source}", [
-            "NVML sees no GPU: planning for vLLM's CPU backend on host memory"])
-    return ResolvedDevices(Device.CUDA, list(inv.gpus), inv.source, list(inv.assumptions))
+            "NVML sees no GPU: planning for vLLM's CPU backend on host memory"]), None
+    return ResolvedDevices(Device.CUDA, list(inv.gpus), inv.source,
+                           list(inv.assumptions)), inv.driver_version
+
+
+MEASURED = "measured by the engine"  # the inventory source of a relaunch
 
 
 def build_plan(model: str, req: PlanRequest, target: Target,
-               devices: Sequence[GpuInfo] | None = None) -> Plan:
+               devices: Sequence[GpuInfo] | None = None, *,
+               boots: BootStore | None = None) -> Plan:
     """Plan `model`; `devices` replaces the inventory (a relaunch re-plans on memory the
-    engine measured)."""
+    engine measured); `boots` is the boot store to learn from (default: the cache's)."""
     from launcher.engines.calibration import calibration_for
     from launcher.engines.version import choose_version
     from launcher.engines.vllm import command, merge_engine_args
@@ -109,10 +133,10 @@ def build_plan(model: str, req: PlanRequest, target: Target,
     from launcher.models.resolve import resolve_model
 
     if devices is None:
-        device, devices, source, notes = resolve_devices(target)
+        (device, devices, source, notes), driver = _resolve(target)
     else:
         device = Device.CPU if devices[0].is_cpu else Device.CUDA
-        source, notes = "measured by the engine", []
+        source, notes, driver = MEASURED, [], None
     req = replace(req, device=device)
     version, version_source = choose_version(target.engine_version, device)
     cal = calibration_for(version, device)
@@ -124,11 +148,19 @@ def build_plan(model: str, req: PlanRequest, target: Target,
         h100 = simulated_inventory("1xH100-80GB").gpus[0]
         if not templates or templates[0].name != h100.name:
             templates.append(h100)
-    p = make_plan(spec, devices, cal, req,
-                  variants=profile.variants if profile else (), model_ref=model_ref(spec),
-                  engine_version_source=f"{version} ({version_source})", templates=templates,
-                  inventory_source=source)
-    p = replace(p, notes=(*p.notes, *notes))
+
+    def planned(r: PlanRequest) -> Plan:
+        p = make_plan(spec, devices, cal, r,
+                      variants=profile.variants if profile else (), model_ref=model_ref(spec),
+                      engine_version_source=f"{version} ({version_source})",
+                      templates=templates, inventory_source=source)
+        return replace(p, notes=(*p.notes, *notes))
+
+    p = planned(req)
+    if p.feasible and learns_here(source):
+        if device == Device.CUDA and driver is None:
+            driver = driver_version()
+        p = _learned(p, req, planned, version, driver, boots)
     if not p.feasible:
         return p
     cmd = command(p, python=target.engine_python or sys.executable, host=target.host,
@@ -139,3 +171,57 @@ def build_plan(model: str, req: PlanRequest, target: Target,
         raise InputError(f"LAUNCHER_ENGINE_ARGS / --engine-args: {e}",
                          fix="Set planned values with the launcher's own options (they "
                              "are budgeted); pass only flags the plan does not decide.") from e
+
+
+# ---- what earlier boots on this host taught ------------------------------------------------
+
+def learns_here(inventory_source: str) -> bool:
+    """Boots describe this host's real devices: not simulated GPUs, not a snapshot."""
+    return inventory_source == "nvml" or inventory_source.startswith("host:") or \
+        inventory_source == MEASURED
+
+
+def driver_version() -> str | None:
+    """The NVIDIA driver of this host (None without one)."""
+    from launcher.errors import HardwareError
+    from launcher.hardware import get_inventory
+
+    try:
+        return get_inventory().driver_version
+    except HardwareError:
+        return None
+
+
+def boot_fingerprint(plan: Plan, target: Target, driver: str | None = None) -> Fingerprint | None:
+    """The fingerprint a boot of `plan` is stored under (the serve loop records with it)."""
+    from launcher.calibration.boots import fingerprint
+    from launcher.engines.version import choose_version
+
+    version, _ = choose_version(target.engine_version, plan.device)
+    if plan.device == Device.CUDA and driver is None:
+        driver = driver_version()
+    return fingerprint(plan, engine=version, driver=driver, host=socket.gethostname())
+
+
+def _learned(p: Plan, req: PlanRequest, replan: Callable[[PlanRequest], Plan], version: str,
+             driver: str | None, boots: BootStore | None) -> Plan:
+    """`p` corrected by the boots that match it: re-planned with their extra runtime per
+    device, with the note that says so (and any problem the store had)."""
+    from launcher.calibration.boot_store import BootStore
+    from launcher.calibration.boots import correction, fingerprint, model_non_kv_bytes
+
+    fp = fingerprint(p, engine=version, driver=driver, host=socket.gethostname())
+    store = boots or BootStore()
+    try:
+        found = store.load()
+    except OSError as e:
+        return replace(p, notes=(*p.notes, f"the boot store {store.path} could not be read "
+                                 f"({e.strerror or e}): planned from the fitted constants alone"))
+    extra = [found.problem] if found.problem else []
+    corr = correction(found.boots, fp, model_non_kv_bytes(p)) if fp is not None else None
+    if corr is not None:
+        if corr.extra_bytes:
+            p = replan(replace(req, reserve_bytes=req.reserve_bytes + corr.extra_bytes,
+                               learned_bytes=corr.extra_bytes))
+        extra.append(corr.note())
+    return replace(p, notes=(*p.notes, *extra)) if extra else p

@@ -13,12 +13,21 @@ CALIBRATION = ROOT / "calibration"
 CONFIGS = ROOT / "tests" / "data" / "configs"
 
 
+@pytest.fixture(scope="session")
+def _launcher_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("launcher-cache-isolated")
+
+
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def _clean_env(monkeypatch: pytest.MonkeyPatch, _launcher_cache: Path) -> None:
     for key in list(os.environ):
         if key.startswith(("LAUNCHER_", "HF_", "HUGGING_FACE")) or key in (
                 "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"):
             monkeypatch.delenv(key, raising=False)
+    # The launcher's own cache (boot store, fit report, hub metadata, logs) is the session's,
+    # never the developer's ~/.cache/launcher: what their own `serve` runs learned must not
+    # change a test's plan.
+    monkeypatch.setenv("LAUNCHER_CACHE_DIR", str(_launcher_cache))
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, prog: str = "launcher"):
@@ -26,7 +35,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None, prog: str = "launcher
     import subprocess
 
     full_env = {k: v for k, v in os.environ.items()
-                if not k.startswith(("LAUNCHER_", "HF_"))}
+                if not k.startswith(("LAUNCHER_", "HF_")) or k == "LAUNCHER_CACHE_DIR"}
     full_env.update(env or {})
     code = f"from launcher.cli import {'main' if prog == 'launcher' else 'serve_main'} as m; m()"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,

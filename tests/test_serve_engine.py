@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import run_cli
 from engine_helpers import Launcher, engine_pid, free_port, group_alive, kill_group, read_report
 
 from launcher.hardware.cpu import read_node_memory
@@ -71,6 +72,17 @@ def test_serve_demo_start_warm_up_verify_complete_and_stop(engine_env, tmp_path:
             "model": "demo", "max_tokens": 5,
             "messages": [{"role": "user", "content": "Hello"}]})
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
+        # the verified start is in the boot store, and the next plan here learns from it
+        assert a["boot"]["recorded"], a["boot"]
+        assert a["boot"]["overshoot_bytes"] == dev["engine_measured_bytes"] - (
+            dev["engine_planned_bytes"] - rep["plan"]["request"]["reserve_bytes"])
+        shown = json.loads(run_cli("calibration", "show", "--json", env=engine_env).stdout)
+        assert shown["boots"][-1]["engine_measured_bytes"] == dev["engine_measured_bytes"]
+        again = json.loads(run_cli("plan", "demo", "--device", "cpu", "--json",
+                                   env=engine_env).stdout)
+        assert any(n.startswith("calibrated from ") for n in again["notes"]), again["notes"]
+        assert again["request"]["learned_bytes"] >= max(0, a["boot"]["overshoot_bytes"]) \
+            - 64 * 2**20
         srv.signal(signal.SIGTERM)
         assert srv.wait(90) == 128 + signal.SIGTERM
         _no_orphans(pgid)

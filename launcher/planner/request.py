@@ -35,8 +35,11 @@ class PlanRequest:
     enforce_eager: bool = False
     device: Device = Device.CUDA  # CPU: vLLM's CPU backend, budget = host memory
     # Bytes per device added to the runtime budget: the correction a failed launch taught
-    # (the memory model underestimated by this much); 0 for a first plan.
+    # (the memory model underestimated by this much) plus `learned_bytes`; 0 for a first plan.
     reserve_bytes: int = 0
+    # The part of `reserve_bytes` that earlier verified boots on this host taught (the boot
+    # store, read by `launcher.prepare`; the planner only adds it like any reserve).
+    learned_bytes: int = 0
 
     def __post_init__(self) -> None:
         if self.device in tuple(Device):  # a plain "cpu" from a caller becomes the enum

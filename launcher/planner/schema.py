@@ -45,7 +45,8 @@ TOP: Section = {
     "suggestions": ("array of string", "when nothing fits: the smallest GPU counts that would, "
                                        "per precision, or the host memory the CPU backend needs"),
     "notes": ("array of string", "assumptions (simulated GPUs, unverified configs), MLA, batch "
-                                 "lowered, KV sized for the batch, …"),
+                                 "lowered, KV sized for the batch, \"calibrated from N boots "
+                                 "on this host (+X GiB runtime per device)\", …"),
 }
 
 MODEL: Section = {
@@ -76,7 +77,11 @@ REQUEST: Section = {
     "objective": ("string", "`throughput` or `latency`"),
     "enforce_eager": ("bool", "`--enforce-eager`"),
     "device": ("string", "`cuda` or `cpu`"),
-    "reserve_bytes": ("int", "extra bytes per device a failed launch taught (0 at first)"),
+    "reserve_bytes": ("int", "extra bytes per device in the runtime budget: what a failed "
+                             "launch taught plus `learned_bytes` (0 at first)"),
+    "learned_bytes": ("int", "the part of `reserve_bytes` earlier verified boots on this host "
+                             "taught (`launcher calibration show`; the note says from how many "
+                             "and how); 0 without a matching boot"),
 }
 
 DECISION: Section = {
@@ -108,7 +113,8 @@ GPU: Section = {
     "limit_bytes": ("int", "⌊(1 − headroom) · total⌋"),
     "planned": ("object", "bytes per component: " + ", ".join(f"`{c}`" for c in COMPONENTS)
                 + " (`other`: held by other processes; `runtime`: CUDA context + NCCL/cuBLAS, "
-                  "vLLM's non-torch memory, and any reserve a failed launch taught)"),
+                  "vLLM's non-torch memory, and any reserve a failed launch or earlier boots "
+                  "taught)"),
     "planned_total_bytes": ("int", "sum of `planned`; ≤ `limit_bytes` on every GPU"),
     "headroom_bytes": ("int", "total − planned total: what stays free"),
     "headroom_fraction": ("number", "the same as a fraction of total"),

@@ -6,6 +6,8 @@
                    wait_ready           /health with a deadline; a dead engine fails at once
                    warm_up_engine       a full-context request and a burst of max_num_seqs
                    verify_engine        measured memory and capacity against the plan
+                   remember             a verified start goes into the boot store, which
+                                          the next plan on this host learns from
                    start_failed /       why it failed (the engine's last lines) and the error
                    verification_failed    to raise when no rung is left
                    choose_step          the next rung down, or none
@@ -28,6 +30,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -173,6 +176,7 @@ def run_attempts(s: Session, req: PlanRequest) -> int:
         attempt = launch_engine(s, n, launch, plan_json)
         result = try_attempt(s, n, attempt, launch, plan)
         if result.ok:
+            remember(s, plan, attempt)
             serve(s, attempt, launch)
         last_error = result.error
         s.stop.check()
@@ -294,6 +298,32 @@ def verify_engine(s: Session, engine: EngineProcess, attempt: Attempt, launch: L
     attempt.measured = [r.to_json() for r in readings]
     attempt.verification = verification.to_json()
     return verification
+
+
+def remember(s: Session, plan: Plan, attempt: Attempt) -> None:
+    """Record the verified start in the boot store (what was planned and measured, under the
+    plan's fingerprint); a store that cannot be written is a warning, never a failed start."""
+    from launcher.calibration.boot_store import BootStore
+    from launcher.calibration.boots import boot_of
+    from launcher.prepare import boot_fingerprint
+
+    store = BootStore()
+    try:
+        fp = boot_fingerprint(plan, s.target)
+        if fp is None or attempt.verification is None:
+            return
+        boot = boot_of(plan, attempt.verification["devices"], attempt.figures or {}, fp,
+                       datetime.now(UTC).isoformat(timespec="seconds"))
+        stored, problem = store.add(boot)
+    except (OSError, ValueError, KeyError) as e:
+        attempt.boot = {"recorded": False, "store": str(store.path), "error": str(e)}
+        s.out.warning(f"this start was not recorded in the boot store {store.path}: {e}")
+        return
+    if problem:
+        s.out.warning(problem)
+    attempt.boot = {"recorded": True, "store": str(store.path), "boots_stored": stored,
+                    "overshoot_bytes": boot.overshoot_bytes,
+                    "fingerprint": fp.to_json()}
 
 
 def measure(launch: Launch, engine: EngineProcess) -> list[DeviceReading]:

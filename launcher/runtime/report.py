@@ -63,6 +63,7 @@ class Attempt:
     verification_seconds: float | None = None
     measured: list[dict] = field(default_factory=list)
     next_step: str | None = None
+    boot: dict | None = None  # what the boot store recorded of a verified start (or why not)
     started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(
         timespec="seconds"))
 
