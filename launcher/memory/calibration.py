@@ -180,6 +180,8 @@ class NonTorchGiB(Fitted):
     tp2: NonNegGiB
     tp4_plus: NonNegGiB
     pipeline_only: NonNegGiB
+    # Bytes per byte of weights the rank holds (the CPU engine keeps about a second copy).
+    per_weight: Annotated[float, Field(ge=0, le=10)]
 
 
 class ActivationGiB(Fitted):

@@ -378,7 +378,8 @@ def costs(spec: ModelSpec, gpus: list[GpuInfo], flags: EngineFlags, cal: EngineC
         stages.append(StageEstimate(
             stage=i, layers=len(layers), weights_bytes=rw.total,
             weights_by_component=dict(rw.by_component), activation_bytes=act,
-            non_torch_bytes=non_torch, cuda_graph_bytes=graphs, kv_cache_bytes=0,
+            non_torch_bytes=non_torch + int(cal.non_torch_gib.per_weight * rw.total),
+            cuda_graph_bytes=graphs, kv_cache_bytes=0,
             kv_cache_tokens=0, num_blocks=0, context_bytes=ctx,
             cuda_graph_estimate_bytes=estimate_cg))
     if padded_vocab(spec.vocab_size, tp) != spec.vocab_size:
