@@ -371,3 +371,19 @@ def test_the_large_demo_is_qwen2_5_0_5b_shaped_bf16(tmp_path: Path) -> None:
     assert (values("model.norm.weight") == 1.0).all()
     w = values("model.layers.0.mlp.down_proj.weight")
     assert abs(w.std() - 0.02) < 0.002 and abs(w.mean()) < 0.002
+
+
+def test_a_new_hostname_still_matches_the_same_hardware() -> None:
+    """Docker gives every container a new hostname while the store (on the cache volume) and
+    the GPUs stay: the host is recorded, not matched."""
+    from dataclasses import replace
+
+    from launcher.calibration.boots import Fingerprint
+
+    a = Fingerprint(engine="0.33.0", device="cuda", device_name="NVIDIA H100 80GB HBM3",
+                    driver="570.1", host="container-a", model="org/m", dtype="bfloat16",
+                    quantization="none", tp=1, pp=1, dp=1, max_num_seqs=256,
+                    max_num_batched_tokens=8192, enforce_eager=False, kv_cache_dtype="auto")
+    b = replace(a, host="container-b")
+    assert a == b and a.near(b)
+    assert not a.near(replace(b, driver="580.2"))

@@ -77,6 +77,8 @@ class BootStore:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise _Corrupt(f"not JSON (line {e.lineno}: {e.msg})") from e
+        except RecursionError as e:
+            raise _Corrupt("nested too deeply to be a boot store") from e
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise _Corrupt(f"not a {FORMAT} file")
         raw = data.get("boots")

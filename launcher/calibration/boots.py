@@ -5,11 +5,11 @@ that came out worst, what the engine measured there (NVML per process on a GPU, 
 engine's process tree on the CPU) and the components its log printed, under a `Fingerprint`
 (`boot_store` keeps them in a file). The next plan for the same host asks `correction`:
 
-* an EXACT match (same engine version, device, driver, host, model, dtype and quantization,
+* an EXACT match (same engine version, device, driver, model, dtype and quantization,
   TP/PP/DP, batch, enforce-eager and KV dtype) reserves what that configuration measured over
   the memory model: the largest overshoot of its last `EXACT_RECENT` boots, so run-to-run
   noise (PSS, allocator rounding) never lets the next start come in short;
-* a NEAR match (same engine, device, host and model; another shape or batch) reserves the
+* a NEAR match (same engine, device and model; another shape or batch) reserves the
   median relative overshoot of those boots times this plan's modelled non-KV memory per
   device. Relative, because what changes between near boots (TP/PP split the weights, the
   batch sizes the activation) scales the components the model sized, so a fixed byte count
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from launcher.memory.calibration import Device
@@ -56,7 +56,9 @@ class Fingerprint:
     device: str  # cuda | cpu
     device_name: str  # the GPU name(s), or "cpu"
     driver: str | None  # NVIDIA driver version; None on the CPU
-    host: str
+    # Recorded, not matched: a container's hostname changes on every start while the store
+    # (on the cache volume) and the hardware (device name, driver) stay the same.
+    host: str = field(compare=False)
     model: str  # what --model got: a directory or a repo id
     dtype: str  # the serving dtype
     quantization: str  # "none" or the method
@@ -69,8 +71,7 @@ class Fingerprint:
     kv_cache_dtype: str
 
     # The fields a NEAR match shares: the engine, the machine and the model.
-    NEAR = ("engine", "device", "device_name", "driver", "host", "model", "dtype",
-            "quantization")
+    NEAR = ("engine", "device", "device_name", "driver", "model", "dtype", "quantization")
 
     def near(self, other: Fingerprint) -> bool:
         return all(getattr(self, k) == getattr(other, k) for k in self.NEAR)

@@ -119,7 +119,11 @@ def weight_options(spec: ModelSpec, variants: tuple[Variant, ...], gpus: list[Gp
             skipped.append(Unavailable("bitsandbytes", "4-bit bitsandbytes", 2,
                                        f"vLLM {cal.version} has no bitsandbytes support"))
         elif four_bit:
-            pass  # a pre-quantized variant is better than in-flight quantization
+            # A pre-quantized variant is better than in-flight quantization.
+            skipped.append(Unavailable(
+                "bitsandbytes", "4-bit bitsandbytes", 2, "the profile has a pre-quantized 4-bit "
+                "variant, which is used instead; ask for it with --quantization awq, gptq or "
+                "4bit"))
         elif (why := _too_old(cal, "bitsandbytes", cc)) is not None:
             skipped.append(Unavailable("bitsandbytes", "4-bit bitsandbytes", 2, why))
         else:

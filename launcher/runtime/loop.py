@@ -168,6 +168,7 @@ def run_attempts(s: Session, req: PlanRequest) -> int:
     for n in range(1, s.max_attempts + 1):
         s.stop.check()
         plan, plan_json = plan_attempt(s, n, req, devices)
+        s.stop.check()  # a stop while planning: start nothing
         if not plan.feasible:
             if n == 1:
                 return does_not_fit(s)
@@ -177,6 +178,7 @@ def run_attempts(s: Session, req: PlanRequest) -> int:
         result = try_attempt(s, n, attempt, launch, plan)
         if result.ok:
             remember(s, plan, attempt)
+            s.stop.check()
             serve(s, attempt, launch)
         last_error = result.error
         s.stop.check()
