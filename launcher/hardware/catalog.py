@@ -80,7 +80,8 @@ def load_catalog() -> dict[str, GpuType]:
     """Parse gpus.yaml once per process (it is read on every plan)."""
     path = catalog_path()
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"),
+                         Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # a safe loader
     except (OSError, yaml.YAMLError) as exc:
         raise InputError(f"Cannot read GPU catalog {path}: {exc}",
                          fix="Reinstall the launcher or restore profiles/gpus.yaml.") from exc
