@@ -23,7 +23,7 @@ from launcher.memory.calibration import Device
 from launcher.models.spec import ModelSpec
 from launcher.planner import Plan, PlanRequest
 from launcher.planner import plan as make_plan
-from launcher.policy import DEFAULT_HOST, DEFAULT_PORT
+from launcher.policy import DEFAULT_HOST, DEFAULT_PORT, DEVICE_CHOICES
 
 if TYPE_CHECKING:
     from launcher.calibration.boot_store import BootStore
@@ -63,24 +63,20 @@ class ResolvedDevices(NamedTuple):
     devices: list[GpuInfo]
     source: str  # where the readings came from: nvml, simulated:…, file:…, host:…
     notes: list[str]
+    driver: str | None = None  # NVIDIA driver of the inventory read (None: none known)
 
 
 def resolve_devices(target: Target) -> ResolvedDevices:
-    """The device kind, the devices to plan on, where they were read, and notes.
+    """The device kind, the devices to plan on, where they were read, notes, and the driver.
 
     `auto` is the GPUs NVML sees, else (no driver, or no GPU) the CPU backend on host memory.
     `--gpus`/`--inventory-file` describe GPUs unless `--device cpu` asks for the snapshot's host.
     """
-    return _resolve(target)[0]
-
-
-def _resolve(target: Target) -> tuple[ResolvedDevices, str | None]:
-    """`resolve_devices` and the driver version of the inventory read (None: none known)."""
     from launcher.errors import HardwareError, InputError
     from launcher.hardware import get_inventory
     from launcher.hardware.cpu import NodeMemory, cpu_device, read_node_memory
 
-    if target.device not in ("auto", "cuda", "cpu"):
+    if target.device not in DEVICE_CHOICES:
         raise InputError(f"--device {target.device!r} is not auto, cuda or cpu",
                          fix="Use --device auto (GPUs if any, else CPU), cuda or cpu.")
     if target.device == "cpu":
@@ -94,26 +90,26 @@ def _resolve(target: Target) -> tuple[ResolvedDevices, str | None]:
                                  fix="Record it with `launcher gpus --json` on the host.")
             mem = NodeMemory(0, inv.host.total_ram_bytes, inv.host.available_ram_bytes,
                              f"file:{target.inventory_file}")
-            return ResolvedDevices(Device.CPU, [cpu_device(mem)], mem.source, []), None
+            return ResolvedDevices(Device.CPU, [cpu_device(mem)], mem.source, [])
         mem = read_node_memory()
-        return ResolvedDevices(Device.CPU, [cpu_device(mem)], f"host:{mem.source}", []), None
+        return ResolvedDevices(Device.CPU, [cpu_device(mem)], f"host:{mem.source}", [])
     if target.gpus or target.inventory_file or target.device == "cuda":
         inv = get_inventory(gpus=target.gpus, inventory_file=target.inventory_file)
         return ResolvedDevices(Device.CUDA, list(inv.gpus), inv.source,
-                               list(inv.assumptions)), inv.driver_version
+                               list(inv.assumptions), inv.driver_version)
     try:
         inv = get_inventory()
     except HardwareError as e:
         mem = read_node_memory()
         return ResolvedDevices(Device.CPU, [cpu_device(mem)], f"host:{mem.source}", [
             f"no GPU ({e.message.rstrip('.')}): planning for vLLM's CPU backend on host "
-            "memory"]), None
+            "memory"])
     if not inv.gpus:
         mem = read_node_memory()
         return ResolvedDevices(Device.CPU, [cpu_device(mem)], f"host:{mem.source}", [
-            "NVML sees no GPU: planning for vLLM's CPU backend on host memory"]), None
+            "NVML sees no GPU: planning for vLLM's CPU backend on host memory"])
     return ResolvedDevices(Device.CUDA, list(inv.gpus), inv.source,
-                           list(inv.assumptions)), inv.driver_version
+                           list(inv.assumptions), inv.driver_version)
 
 
 MEASURED = "measured by the engine"  # the inventory source of a relaunch
@@ -133,7 +129,7 @@ def build_plan(model: str, req: PlanRequest, target: Target,
     from launcher.models.resolve import resolve_model
 
     if devices is None:
-        (device, devices, source, notes), driver = _resolve(target)
+        device, devices, source, notes, driver = resolve_devices(target)
     else:
         device = Device.CPU if devices[0].is_cpu else Device.CUDA
         source, notes, driver = MEASURED, [], None

@@ -34,7 +34,6 @@ from launcher.memory.estimate import (
     batch_defaults,
     estimate,
     kv_cache_dtype,
-    kv_token_layer_bytes,
 )
 from launcher.memory.overheads import (
     capture_sizes,
@@ -447,7 +446,7 @@ def test_kv_cache_dtype_layouts() -> None:
     cal19, cal33 = calibration_for("0.19"), calibration_for("0.33")
 
     def per_token(cal: EngineCalibration, name: str, spec=LLAMA) -> int:
-        return kv_token_layer_bytes(spec, 1, kv_cache_dtype(spec, cal, name), 2)
+        return kvm.kv_token_layer_bytes(spec, 1, kv_cache_dtype(spec, cal, name), 2)
 
     assert per_token(cal33, "auto") == 2 * heads * d * 2
     assert per_token(cal33, "fp8_e5m2") == per_token(cal19, "fp8") == 2 * heads * d

@@ -198,7 +198,7 @@ def test_a_run_is_estimated_with_its_own_versions_rules() -> None:
 
     def rules(version: str, subtract: bool) -> EngineCalibration:
         seen.append(version)
-        return CAL.model_copy(update={"version": version, "subtract_cuda_graph_estimate": subtract})
+        return CAL.with_graph_estimate_subtracted(subtract).model_copy(update={"version": version})
 
     without = per_version.evaluate_row(row, CONFIG_SOURCES, lambda v: rules(v, False))
     with_graphs = per_version.evaluate_row(row, CONFIG_SOURCES, lambda v: rules(v, True))

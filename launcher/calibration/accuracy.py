@@ -175,7 +175,7 @@ def flags_for(row: Row, spec: ModelSpec) -> EngineFlags:
 
 def rel(pred: float, actual: float) -> float:
     """Relative error in percent (0 when the actual value is 0)."""
-    return abs(pred - actual) / actual * 100 if actual else 0.0
+    return abs(pred - actual) / abs(actual) * 100 if actual else 0.0
 
 
 # ---- results -------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias, TypedDict
 
-from launcher.calibration.accuracy import MissingConfigError, ModelConfigs, Row, load_spec
+from launcher.calibration.accuracy import MissingConfigError, ModelConfigs, Row, load_spec, rel
 from launcher.errors import LauncherError
 from launcher.hardware.catalog import simulated_inventory
 from launcher.hardware.inventory import GpuInfo
@@ -179,10 +179,6 @@ def measured(row: Row, subtracts_cuda_graphs: bool) -> Measured:
 
 
 # ---- one run -------------------------------------------------------------------------------
-
-
-def rel(pred: float, actual: float) -> float:
-    return abs(pred - actual) / abs(actual) * 100 if actual else 0.0
 
 
 @dataclass(frozen=True)
@@ -520,7 +516,7 @@ def fit_versions(rows: Iterable[Row], configs: ModelConfigs, calibration_for: Ca
         except LauncherError:
             own = None
         subtracts = _version_sort(key) >= (0, 21)
-        cal = own or baseline.model_copy(update={"subtract_cuda_graph_estimate": subtracts})
+        cal = own or baseline.with_graph_estimate_subtracted(subtracts)
         for r in groups[key]:
             tp = _int(r, "tensor_parallel_size", 1) or 1
             pp = _int(r, "pipeline_parallel_size", 1) or 1

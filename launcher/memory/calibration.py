@@ -221,8 +221,6 @@ class EngineCalibration(_Frozen):
     block_size: Annotated[int, Field(gt=0)]
     max_model_len_auto: bool  # --max-model-len -1 / auto fits the longest length in KV
     defaults_source: Source
-    # Kept flat: VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS's default (cuda_graphs explains).
-    subtract_cuda_graph_estimate: bool
     cuda_graphs: CudaGraphBudget
     model_runner: ModelRunner
     # How this version spells online quantization of a 16-bit checkpoint: method → flag value.
@@ -245,9 +243,6 @@ class EngineCalibration(_Frozen):
 
     @model_validator(mode="after")
     def _consistent(self) -> EngineCalibration:
-        if self.subtract_cuda_graph_estimate != self.cuda_graphs.subtract_estimate:
-            raise ValueError("subtract_cuda_graph_estimate must equal "
-                             "cuda_graphs.subtract_estimate")
         for method, flag in self.online_quantization.items():
             if flag not in self.online_methods:
                 raise ValueError(f"online_quantization.{method}: {flag!r} is not among "
@@ -255,6 +250,16 @@ class EngineCalibration(_Frozen):
         if "auto" not in self.kv_cache_dtypes:
             raise ValueError("kv_cache_dtypes must list auto")
         return self
+
+    @property
+    def subtract_cuda_graph_estimate(self) -> bool:
+        """VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS's default: whether vLLM takes its
+        CUDA-graph estimate out of the KV budget (`cuda_graphs` cites where)."""
+        return self.cuda_graphs.subtract_estimate
+
+    def with_graph_estimate_subtracted(self, subtract: bool) -> EngineCalibration:
+        return self.model_copy(update={"cuda_graphs": self.cuda_graphs.model_copy(
+            update={"subtract_estimate": subtract})})
 
     @property
     def is_cpu(self) -> bool:

@@ -315,7 +315,7 @@ def costs(spec: ModelSpec, gpus: list[GpuInfo], flags: EngineFlags, cal: EngineC
     bits, scope = _quant_bits(spec, flags, gpu, cal)
     kv_dtype = kv_cache_dtype(spec, cal, flags.kv_cache_dtype)
     kv_bytes = serve_size if kv_dtype.bits == 0 else max(1, kv_dtype.bits // 8)
-    token_layer = kv_token_layer_bytes(spec, tp, kv_dtype, serve_size)
+    token_layer = kvm.kv_token_layer_bytes(spec, tp, kv_dtype, serve_size)
 
     # Batch sizes: vLLM's tier defaults, then its own clamps.
     d_tokens, d_seqs, why = batch_defaults(gpu, cal)
@@ -371,10 +371,9 @@ def costs(spec: ModelSpec, gpus: list[GpuInfo], flags: EngineFlags, cal: EngineC
         estimate_cg = cuda_graph_estimate_bytes(
             spec, cal, layers=len(layers), tp=tp, act_bytes=serve_size, sizes=sizes,
             max_num_seqs=seqs, pool_bytes=graphs, v2=v2)
-        geo = kvm.geometry(spec, tp=tp, pp=pp, kv_bytes=kv_bytes, block_size=cal.block_size,
-                           stage_layers=len(layers))
-        # Packed KV layouts (nvfp4, per-token-head scales, fp8_ds_mla) size a token differently.
-        geos.append(replace(geo, bytes_per_token_layer=token_layer))
+        geos.append(kvm.geometry(spec, tp=tp, pp=pp, kv_bytes=kv_bytes,
+                                 block_size=cal.block_size, stage_layers=len(layers),
+                                 token_layer_bytes=token_layer))
         stages.append(StageEstimate(
             stage=i, layers=len(layers), weights_bytes=rw.total,
             weights_by_component=dict(rw.by_component), activation_bytes=act,
@@ -499,23 +498,6 @@ def kv_cache_dtype(spec: ModelSpec, cal: EngineCalibration, name: str | None) ->
         raise Refusal(f"kv_cache_dtype {key} is only for MLA models (DeepSeek V3.2-style "
                       "sparse attention).")
     return kvd
-
-
-def kv_token_layer_bytes(spec: ModelSpec, tp: int, kvd: KvDtype, model_bytes: int) -> int:
-    """One layer's KV (or MLA latent) for one token on one GPU, in `kvd`'s layout."""
-    if spec.mla is not None:
-        if kvd.mla_bytes_per_token:
-            return kvd.mla_bytes_per_token
-        width = spec.mla.kv_lora_rank + spec.mla.qk_rope_head_dim
-        return width * model_bytes if kvd.bits == 0 else width * kvd.bits // 8
-    heads = max(1, spec.num_kv_heads // tp)
-    d = spec.head_dim
-    if kvd.bits == 0:
-        return 2 * heads * d * model_bytes
-    slot = d * kvd.bits // 8 + kvd.head_scale_bytes
-    if kvd.group_size:
-        slot += d // kvd.group_size * kvd.group_scale_bytes
-    return 2 * heads * slot
 
 
 def max_fitting_len(geo: kvm.KvGeometry, kv_cache: int, tokens: int, upper: int) -> int:

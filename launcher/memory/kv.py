@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from launcher.memory.calibration import KvDtype
 from launcher.memory.weights import pp_layer_ranges
 from launcher.models.spec import ModelSpec
 
@@ -57,6 +58,23 @@ def kv_bytes_per_token_layer(spec: ModelSpec, tp: int, kv_bytes: int) -> int:
     return 2 * heads * spec.head_dim * kv_bytes
 
 
+def kv_token_layer_bytes(spec: ModelSpec, tp: int, kvd: KvDtype, model_bytes: int) -> int:
+    """One layer's KV (or MLA latent) for one token on one GPU in `kvd`'s layout: packed
+    formats (nvfp4, per-token-head scales) add their scales, fp8_ds_mla has its own size."""
+    if spec.mla is not None and kvd.mla_bytes_per_token:
+        return kvd.mla_bytes_per_token
+    if kvd.bits == 0:  # the model dtype
+        return kv_bytes_per_token_layer(spec, tp, model_bytes)
+    if spec.mla is not None:
+        return (spec.mla.kv_lora_rank + spec.mla.qk_rope_head_dim) * kvd.bits // 8
+    heads = max(1, spec.num_kv_heads // tp)
+    d = spec.head_dim
+    slot = d * kvd.bits // 8 + kvd.head_scale_bytes
+    if kvd.group_size:
+        slot += d // kvd.group_size * kvd.group_scale_bytes
+    return 2 * heads * slot
+
+
 @functools.lru_cache(maxsize=1024)
 def _vllm_groups(kinds: tuple[str, ...]) -> tuple[int, tuple[tuple[str, tuple[int, ...]], ...]]:
     """vLLM's `_get_kv_cache_groups_uniform_page_size` over the whole model: the group size and
@@ -81,9 +99,11 @@ def _stage_group_size(groups: Sequence[tuple[str, Sequence[int]]], stage: range)
 
 
 def geometry(spec: ModelSpec, *, tp: int, pp: int, kv_bytes: int, block_size: int,
-             stage_layers: int | None = None, stage: int | None = None) -> KvGeometry:
+             stage_layers: int | None = None, stage: int | None = None,
+             token_layer_bytes: int | None = None) -> KvGeometry:
     """KV layout of one pipeline stage: `stage` (index), else the worst stage holding
-    `stage_layers` layers, else (pp = 1) the whole model.
+    `stage_layers` layers, else (pp = 1) the whole model. `token_layer_bytes` (from
+    `kv_token_layer_bytes`) replaces `kv_bytes` for packed KV layouts.
 
     Chunked local attention (Llama 4) is its own group: the 0.19 Scout log shows 4 groups of
     12 (91495 blocks → 365,968 tokens), so the hybrid manager stays on for it."""
@@ -97,7 +117,8 @@ def geometry(spec: ModelSpec, *, tp: int, pp: int, kv_bytes: int, block_size: in
         size = max(_stage_group_size(members, r) for r in candidates)
     groups = tuple(sorted(Counter(kind for kind, _ in members).items()))
     return KvGeometry(
-        bytes_per_token_layer=kv_bytes_per_token_layer(spec, tp, kv_bytes),
+        bytes_per_token_layer=token_layer_bytes if token_layer_bytes is not None
+        else kv_bytes_per_token_layer(spec, tp, kv_bytes),
         group_size=size, groups=groups, block_size=block_size,
         sliding_window=spec.sliding_window, chunk_size=spec.attention_chunk_size)
 

@@ -193,7 +193,7 @@ def _live_inventory(target: Target) -> Callable[[], dict[str, Any]]:
     """What /gpus serves: the devices as they are now, read when asked."""
 
     def read() -> dict[str, Any]:
-        device, devices, source, notes = resolve_devices(
+        device, devices, source, notes, _ = resolve_devices(
             Target(device=target.device, inventory_file=None))
         return {"device": device, "source": source, "notes": notes,
                 "devices": [{"index": g.index, "name": g.name, "uuid": g.uuid,
