@@ -507,3 +507,55 @@ def test_capture_sizes_match_the_installed_vllm(seqs: int, tokens: int,
                          max_num_batched_tokens=tokens, compute_capability=(9, 0),
                          enforce_eager=False)
     assert ours == compilation.cudagraph_capture_sizes
+
+
+@pytest.mark.parametrize(("version", "context"), [
+    ("0.19", 131_072), ("0.29", 131_072), ("0.30", 40_960), ("0.33", 40_960)])
+def test_yarn_context_follows_the_release(tmp_path: Path, version: str, context: int) -> None:
+    """Qwen3-8B with Qwen's documented ×4 YaRN: 0.19–0.29 derive original × factor, 0.30+
+    keep max_position_embeddings as stated (config/model.py@v0.30.0:2471). The plan must not
+    pass a longer --max-model-len than the release derives: it would refuse to start."""
+    import json
+
+    from launcher.memory.context import engine_context
+
+    config = json.loads((Path(__file__).parent / "data/configs/qwen--qwen3-8b.json").read_text())
+    config["rope_scaling"] = {"rope_type": "yarn", "factor": 4.0,
+                              "original_max_position_embeddings": 32768}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    spec = resolve_model(str(tmp_path))
+    assert spec.config_max_positions == 40_960
+    cal = calibration_for(version)
+    assert engine_context(spec, cal.context).max_position_embeddings == context
+    out = run_cli("plan", str(tmp_path), "--gpus", "1xH100-80GB", "--engine-version", version,
+                  "--json")
+    plan = json.loads(out.stdout)
+    assert plan["model"]["max_position_embeddings"] == context
+    assert plan["decision"]["max_model_len"] <= context
+
+
+@pytest.mark.parametrize("rope", [
+    None, {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768},
+    {"rope_type": "linear", "factor": 2.0}, {"rope_type": "dynamic", "factor": 2.0},
+    {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+     "original_max_position_embeddings": 8192}])
+def test_context_matches_the_installed_engine(tmp_path: Path, rope: dict | None) -> None:
+    """The installed vLLM (CPU build 0.32) is the oracle: its `_get_and_verify_max_len` on the
+    same config gives the context the launcher derives for that release."""
+    import json
+    import types
+
+    from transformers import Qwen3Config
+    from vllm.config.model import _get_and_verify_max_len
+
+    from launcher.memory.context import engine_context
+
+    config = json.loads((Path(__file__).parent / "data/configs/qwen--qwen3-8b.json").read_text())
+    config["rope_scaling"] = rope
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    hf = Qwen3Config(**{k: v for k, v in config.items() if k != "architectures"})
+    arch = types.SimpleNamespace(
+        derived_max_model_len_and_key=(hf.max_position_embeddings, "max_position_embeddings"))
+    theirs = _get_and_verify_max_len(hf, arch, None, None, False, None)
+    ours = engine_context(resolve_model(str(tmp_path)), calibration_for("0.32", "cpu").context)
+    assert ours.max_position_embeddings == theirs

@@ -94,7 +94,9 @@ def _sources() -> dict[str, dict[str, Any]]:
 
 
 SOURCES = _sources()
-MODELS = sorted(SOURCES)
+# Models with recurrent (Mamba / Gated DeltaNet) state have their own oracle: test_hybrid.py.
+MODELS = sorted(m for m in SOURCES
+                if spec_from_config(SOURCES[m], name=m, source="t").linear is None)
 HYBRID = [m for m in MODELS if len(set(spec_from_config(SOURCES[m], name=m, source="t")
                                         .layer_kinds())) > 1]
 
@@ -157,10 +159,29 @@ class Engine:
         mode = kvi.get_kv_quant_mode(kv_cache_dtype)
         common = dict(block_size=block_size, num_kv_heads=self.kv_heads(tp),
                       head_size=self.arch.head_size, dtype=dtype, kv_quant_mode=mode)
+        t = self.text
+        # Gemma 4 (gemma4.py:471, :578): the last num_kv_shared_layers layers read an earlier
+        # layer's KV and own no spec; each layer's shape comes from per_layer_config.
+        owners = t.num_hidden_layers - (getattr(t, "num_kv_shared_layers", 0) or 0)
+        per_layer = t.per_layer_config if t.model_type.startswith("gemma4") else None
         specs: dict[str, Any] = {}
         for i, kind in enumerate(self.layer_kinds()):
+            if i >= owners:
+                continue
             name = f"model.layers.{i}.self_attn.attn"
-            if self.mla:
+            if per_layer is not None and not self.mla:
+                common = {**common, "head_size": per_layer[i].head_dim,
+                          "num_kv_heads": max(1, per_layer[i].num_key_value_heads // tp)}
+            if self.mla and hasattr(t, "index_topk"):
+                # DeepSeek Sparse Attention (deepseek_v32/attention.py:96): beside the
+                # latent, an fp8 indexer key with fp32 scales per 128 values, one uint8 row.
+                specs[name] = kvi.MLAAttentionSpec(**common, cache_dtype_str=kv_cache_dtype,
+                                                   is_index_group_leader=True)
+                specs[f"model.layers.{i}.self_attn.indexer.k_cache"] = kvi.MLAAttentionSpec(
+                    block_size=block_size, num_kv_heads=1, max_tp_shards=1,
+                    head_size=t.index_head_dim + t.index_head_dim // 128 * 4,
+                    dtype=torch.uint8, cache_role=kvi.SparseCacheRole.INDEXER)
+            elif self.mla:
                 specs[name] = kvi.MLAAttentionSpec(**common, cache_dtype_str=kv_cache_dtype)
             elif kind == "sliding":
                 specs[name] = kvi.SlidingWindowSpec(**common, sliding_window=self.text.sliding_window)
@@ -214,7 +235,8 @@ def vllm_config(max_model_len: int, max_num_batched_tokens: int, *,
 
 def geometry_of(kind: str, spec: ModelSpec, tp: int, kv_bytes: int) -> kvm.KvGeometry:
     """The launcher's geometry of a single layer of one kind (one group of one layer)."""
-    return kvm.KvGeometry(bytes_per_token_layer=kvm.kv_bytes_per_token_layer(spec, tp, kv_bytes),
+    return kvm.KvGeometry(bytes_per_token_layer=kvm.kv_bytes_per_token_layer(spec, tp, kv_bytes,
+                                                                          kind),
                           group_size=1, groups=((kind, 1),), block_size=BLOCK,
                           sliding_window=spec.sliding_window, chunk_size=spec.attention_chunk_size)
 
@@ -230,6 +252,10 @@ def test_config_reading_matches_vllm(name: str, engine: Callable[[str], Engine])
     assert (s.mla is not None) == e.mla
     if s.mla is not None:
         assert s.mla.kv_lora_rank + s.mla.qk_rope_head_dim == e.arch.head_size
+    elif s.global_attention is not None:  # Gemma 4: per layer (vLLM reads per_layer_config)
+        for i, kind in enumerate(kinds):
+            layer = e.text.per_layer_config[i]
+            assert kvm.attention_shape(s, kind) == (layer.num_key_value_heads, layer.head_dim)
     else:
         assert (s.head_dim, s.num_kv_heads) == (e.arch.head_size, e.arch.total_num_kv_heads)
     assert s.vocab_size == e.arch.vocab_size
@@ -253,14 +279,19 @@ def test_page_size_per_layer(name: str, engine: Callable[[str], Engine]) -> None
     `kv_bytes_per_token_layer × block_size` (KV heads split over TP, replicated below one per
     rank; MLA's latent the same on every rank)."""
     e, s = engine(name), launcher_spec(name)
+    kinds = e.layer_kinds()
     for tp in (1, 2, 4, 8):
         for kv_dtype, model_dtype, kv_bytes in KV_DTYPES:
             specs = e.layer_specs(tp, kv_dtype, getattr(torch, model_dtype))
-            pages = {type(v).__name__: v.page_size_bytes for v in specs.values()}
-            ours = kvm.kv_bytes_per_token_layer(s, tp, kv_bytes) * BLOCK
-            assert set(pages.values()) == {ours}, (tp, kv_dtype, model_dtype, pages, ours)
-            geo = kvm.geometry(s, tp=tp, pp=1, kv_bytes=kv_bytes, block_size=BLOCK)
-            assert geo.bytes_per_block == ours * geo.group_size
+            for layer, v in specs.items():
+                if layer.endswith("indexer.k_cache"):  # tests/test_families.py
+                    continue
+                kind = kinds[int(layer.split(".")[2])]
+                ours = kvm.kv_bytes_per_token_layer(s, tp, kv_bytes, kind) * BLOCK
+                assert v.page_size_bytes == ours, (tp, kv_dtype, model_dtype, layer, ours)
+            if s.indexer is None and s.global_attention is None:  # one page per layer
+                geo = kvm.geometry(s, tp=tp, pp=1, kv_bytes=kv_bytes, block_size=BLOCK)
+                assert geo.bytes_per_block == ours * geo.group_size
 
 
 # ---- blocks one request needs, per layer type (sliding window, chunk, full) -------------------
@@ -282,8 +313,10 @@ def test_blocks_per_request_per_layer_type(name: str, engine: Callable[[str], En
     `bytes_for_one_request` of a one-layer geometry. The tokens in flight are vLLM 0.32's
     `max_in_flight_tokens`: one batch, or two with async scheduling."""
     e, s = engine(name), launcher_spec(name)
-    specs = {k: v for k, v in zip(e.layer_kinds(), e.layer_specs(1, "auto", torch.bfloat16)
-                                  .values(), strict=True)}
+    kinds = e.layer_kinds()
+    specs = {kinds[int(layer.split(".")[2])]: v
+             for layer, v in e.layer_specs(1, "auto", torch.bfloat16).items()
+             if not layer.endswith("indexer.k_cache")}
     for length in _lengths(s):
         for batch in (1, 16, 2048, 8192):
             for two_in_flight in (False, True):
@@ -302,19 +335,21 @@ def test_blocks_per_request_per_layer_type(name: str, engine: Callable[[str], En
 # ---- hybrid groups, padding, pipeline stages, blocks, concurrency, the start-up check ---------
 def _stage_specs(e: Engine, pp: int, tp: int) -> list[dict[str, Any]]:
     specs = e.layer_specs(tp, "auto", torch.bfloat16)
-    names = list(specs)
-    stages = [range(*get_pp_indices(len(names), rank, pp)) for rank in range(pp)]
-    return [{names[i]: specs[names[i]] for i in r} for r in stages]
+    n = e.text.num_hidden_layers
+    stages = [range(*get_pp_indices(n, rank, pp)) for rank in range(pp)]
+    return [{k: v for k, v in specs.items() if int(k.split(".")[2]) in r} for r in stages]
 
 
 def _group_kinds(groups: list[Any]) -> dict[str, int]:
     kind = {"FullAttentionSpec": "full", "MLAAttentionSpec": "full",
+            "UniformTypeKVCacheSpecs": "full",  # MLA + DSA indexer caches: one group
             "SlidingWindowSpec": "sliding", "ChunkedLocalAttentionSpec": "chunked"}
     return dict(Counter(kind[type(g.kv_cache_spec).__name__] for g in groups))
 
 
 GROUP_CASES = [(m, pp) for m in MODELS for pp in (1, 2, 3, 4, 8)
-               if pp == 1 or m in HYBRID or m.endswith(("llama-3-1-8b-instruct", "deepseek-v3"))]
+               if pp == 1 or (m in HYBRID and not launcher_spec(m).kv_shared_layers)
+               or m.endswith(("llama-3-1-8b-instruct", "deepseek-v3"))]
 assert all(pp <= launcher_spec(m).num_layers for m, pp in GROUP_CASES)
 
 
@@ -452,6 +487,15 @@ def _ropes(e: Engine) -> list[Any]:
     t, params = e.text, getattr(e.text, "rope_parameters", None)
     torch.set_default_dtype(torch.bfloat16)  # vLLM loads the model under its dtype
     try:
+        if t.model_type.startswith("gemma4"):  # gemma4.py:494, per layer type
+            return [get_rope(t.per_layer_config[t.layer_types.index(kind)].head_dim,
+                             max_position=t.max_position_embeddings,
+                             rope_parameters=dict(params[kind]), is_neox_style=True)
+                    for kind in sorted(set(t.layer_types))]
+        if e.mla and hasattr(t, "index_topk"):  # deepseek_v32/attention.py:272, :279
+            return [get_rope(t.qk_rope_head_dim, max_position=t.max_position_embeddings,
+                             rope_parameters=params, is_neox_style=neox)
+                    for neox in (False, not getattr(t, "indexer_rope_interleave", False))]
         if t.model_type.startswith("gemma3"):
             return [get_rope(t.head_dim, max_position=t.max_position_embeddings,
                              rope_parameters=params[kind]) for kind in sorted(set(t.layer_types))]
@@ -465,8 +509,11 @@ def _ropes(e: Engine) -> list[Any]:
         if e.mla:
             return [get_rope(t.qk_rope_head_dim, max_position=t.max_position_embeddings,
                              rope_parameters=params, is_neox_style=False)]
+        # Qwen3-VL keeps mrope positions to the token count unless video pruning is on
+        # (qwen3_vl.py:1818 `mrope_positions_factor`); get_rope's default is 4.
+        factor = {"mrope_positions_factor": 1} if t.model_type.startswith("qwen3_vl") else {}
         return [get_rope(e.arch.head_size, max_position=t.max_position_embeddings,
-                         rope_parameters=params)]
+                         rope_parameters=params, **factor)]
     finally:
         torch.set_default_dtype(torch.float32)
 

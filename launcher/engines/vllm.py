@@ -7,6 +7,7 @@ explicit so vLLM's own defaults never decide anything.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -104,6 +105,11 @@ def _pairs(args: list[str]) -> list[tuple[str, str | None]]:
     return out
 
 
+# A flag vLLM's argparse could accept: -x, -O3, --name, --name.sub (no `--`, no bare `-`).
+_FLAG = re.compile(r"-[A-Za-z0-9][A-Za-z0-9._-]*|--[A-Za-z0-9][A-Za-z0-9._-]*")
+_MAX_VALUE = 100_000  # a JSON value (--override-generation-config) is a few KB
+
+
 def merge_engine_args(cmd: EngineCommand, extra: Sequence[str]) -> EngineCommand:
     """`cmd` plus the passthrough flags, refusing any that contradict the plan.
 
@@ -111,6 +117,11 @@ def merge_engine_args(cmd: EngineCommand, extra: Sequence[str]) -> EngineCommand
     argv = list(cmd.argv)
     result = list(argv)
     for flag, value in _pairs(list(extra)):
+        if not _FLAG.fullmatch(flag):
+            raise ValueError(f"{flag[:40]!r} is not a flag (--name or -x)")
+        if value is not None and ("\0" in value or len(value) > _MAX_VALUE):
+            raise ValueError(f"the value of {flag} holds a NUL byte or is over "
+                             f"{_MAX_VALUE:,} characters")
         name = _canonical(flag)
         if name == "--served-model-name" and name not in argv and value:
             result += [name, value]  # the plan left the name to vLLM: the user may choose it

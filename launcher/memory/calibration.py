@@ -151,6 +151,15 @@ class KvTokensLog(_Frozen):
     source: Source
 
 
+class ContextRule(_Frozen):
+    """How the release derives the default context from config.json's rope scaling. Up to 0.29
+    YaRN's context is original_max_position_embeddings × factor (and deepseek_yarn's
+    max_position_embeddings × factor); from 0.30 both take max_position_embeddings as stated."""
+
+    yarn_as_stated: bool
+    source: Source
+
+
 class KvDtype(_Frozen):
     """Layout of one `--kv-cache-dtype`: bytes one head slot of K (or V) takes per token is
     head_dim·bits/8 + head_dim/group_size·group_scale_bytes + head_scale_bytes (bits 0: the
@@ -234,6 +243,7 @@ class EngineCalibration(_Frozen):
     min_capability: dict[str, Annotated[int, Field(ge=0, le=200)]]
     kv_cache_dtypes: dict[str, KvDtype]
     kv_tokens_log: KvTokensLog
+    context: ContextRule
     batch_defaults: BatchDefaults
     context_gib: ContextGiB
     non_torch_gib: NonTorchGiB

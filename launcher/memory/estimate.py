@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from launcher.hardware.inventory import GpuInfo
 from launcher.memory import capability
 from launcher.memory import kv as kvm
+from launcher.memory import state as st
 from launcher.memory.budget import kv_budget
 from launcher.memory.calibration import EngineCalibration, KvDtype
 from launcher.memory.overheads import (
@@ -237,9 +238,24 @@ def validate_shape(spec: ModelSpec, tp: int, pp: int, max_model_len: int) -> Non
     if spec.moe is None and spec.intermediate_size % tp:
         raise Refusal(f"{spec.intermediate_size} is not divisible by {tp}: the MLP width "
                        "cannot be split over tensor parallel ranks.")
+    if spec.linear is not None and (why := st.tp_problem(spec.linear, tp)):
+        raise Refusal(f"{why}: vLLM cannot split the model's recurrent (Mamba / linear "
+                      "attention) state over the tensor parallel ranks.")
     if pp > spec.num_layers:
         raise Refusal(f"Pipeline parallel size ({pp}) exceeds the number of layers "
                        f"({spec.num_layers}).")
+    if pp > 1 and spec.kv_shared_layers:
+        # A KV-shared layer must find its target among the attention layers of its own
+        # pipeline stage (vLLM attention.py `validate_kv_sharing_target`).
+        stage = {i: k for k, r in enumerate(pp_layer_ranges(spec.num_layers, pp)) for i in r}
+        for i in range(spec.num_layers - spec.kv_shared_layers, spec.num_layers):
+            t = kvm.kv_share_target(spec, i)
+            if t is not None and stage[t] != stage[i]:
+                raise Refusal(
+                    f"Specified KV sharing target layer for model.layers.{i}.self_attn.attn is "
+                    f"not valid: target layer model.layers.{t}.self_attn.attn is not a valid "
+                    f"Attention layer in the model (pipeline parallel size {pp} puts it on "
+                    "another stage).")
     if max_model_len > spec.max_position_embeddings:
         raise Refusal(
             f"User-specified max_model_len ({max_model_len}) is greater than the derived "
@@ -335,7 +351,7 @@ def costs(spec: ModelSpec, gpus: list[GpuInfo], flags: EngineFlags, cal: EngineC
         "max_num_batched_tokens": tokens, "gpu_memory_utilization": util,
         "kv_cache_dtype": "fp8" if kv_name.startswith("fp8") and kv_name != "fp8_ds_mla"
         else kv_name, "quantization_bits": bits,
-        "batch_defaults": why, "block_size": cal.block_size,
+        "batch_defaults": why, "block_size": kvm.block_size_for(spec, cal.block_size),
         "model_runner": "V2" if v2 else "V1",
         "cuda_graph_capture_sizes": len(sizes),
         "engine_rules": cal.range,
@@ -352,6 +368,8 @@ def costs(spec: ModelSpec, gpus: list[GpuInfo], flags: EngineFlags, cal: EngineC
             "or reduce GPU memory used by other processes.")
 
     ranks = _rank_weights(spec, dtype, serve_size, bits, scope, tp, pp)
+    state_rules = st.rules_for(cal.version, gpu.compute_capability, is_cpu=cal.is_cpu,
+                               state=spec.linear)
     non_torch = cal.non_torch_bytes(tp, pp)
     carried = cal.carried_over
     if carried and not cal.is_cpu:
@@ -372,8 +390,10 @@ def costs(spec: ModelSpec, gpus: list[GpuInfo], flags: EngineFlags, cal: EngineC
             spec, cal, layers=len(layers), tp=tp, act_bytes=serve_size, sizes=sizes,
             max_num_seqs=seqs, pool_bytes=graphs, v2=v2)
         geos.append(kvm.geometry(spec, tp=tp, pp=pp, kv_bytes=kv_bytes,
-                                 block_size=cal.block_size, stage_layers=len(layers),
-                                 token_layer_bytes=token_layer))
+                                 block_size=kvm.block_size_for(spec, cal.block_size),
+                                 stage_layers=len(layers),
+                                 token_layer_bytes=token_layer, model_dtype=dtype,
+                                 state_rules=state_rules, kv_dtype=kv_dtype))
         stages.append(StageEstimate(
             stage=i, layers=len(layers), weights_bytes=rw.total,
             weights_by_component=dict(rw.by_component), activation_bytes=act,
@@ -381,6 +401,16 @@ def costs(spec: ModelSpec, gpus: list[GpuInfo], flags: EngineFlags, cal: EngineC
             cuda_graph_bytes=graphs, kv_cache_bytes=0,
             kv_cache_tokens=0, num_blocks=0, context_bytes=ctx,
             cuda_graph_estimate_bytes=estimate_cg))
+    if spec.linear is not None and geos:
+        g = geos[0]
+        resolved["block_size"] = g.block_size  # raised so a page holds a recurrent state
+        notes.append(
+            f"hybrid model: {len(spec.linear.layers)} {spec.linear.kind} layers keep "
+            f"{g.state_page_bytes / 2**20:.2f} MiB of state per sequence each on a GPU; vLLM "
+            f"raises the attention block to {g.block_size} tokens so one page holds it, and a "
+            f"sequence holds {g.state_blocks} state page(s) per group"
+            + (" (prefix caching on: mamba_cache_mode align)" if state_rules.prefix_caching
+               else ""))
     if padded_vocab(spec.vocab_size, tp) != spec.vocab_size:
         notes.append(f"vocabulary padded {spec.vocab_size} → "
                      f"{padded_vocab(spec.vocab_size, tp)} for the embedding and LM head")

@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from launcher.memory import state as st
 from launcher.memory.calibration import KvDtype
 from launcher.memory.weights import pp_layer_ranges
 from launcher.models.spec import ModelSpec
@@ -39,6 +40,18 @@ class KvGeometry:
     block_size: int
     sliding_window: int | None
     chunk_size: int | None
+    # Cache pages besides the attention KV that share the block id, per token: DeepSeek Sparse
+    # Attention's indexer keys (vLLM puts its `DeepseekV32IndexerCache` layers in the one MLA
+    # group, a `UniformTypeKVCacheSpecs` whose block costs the sum of every layer's page).
+    extra_bytes_per_token: int = 0
+    # Kinds whose pages hold more tokens than `block_size`: vLLM gives every layer the page
+    # of the widest (`unify_kv_cache_spec_page_size`), so a layer kind with fewer bytes per
+    # token takes block_size × ratio tokens per block (Gemma 4: sliding vs global heads).
+    kind_block_sizes: tuple[tuple[str, int], ...] = ()
+    # Hybrid models (memory/state.py): the pages one "mamba" group's request holds, and one
+    # layer's state per sequence before vLLM pads it to the attention page.
+    state_blocks: int = 0
+    state_page_bytes: int = 0
 
     @property
     def num_groups(self) -> int:
@@ -46,41 +59,104 @@ class KvGeometry:
 
     @property
     def bytes_per_block(self) -> int:
-        """Memory one block id costs: a page in each of `group_size` layer tensors."""
-        return self.bytes_per_token_layer * self.block_size * self.group_size
+        """Memory one block id costs: a page in each of `group_size` layer tensors (and in
+        each indexer cache)."""
+        return (self.bytes_per_token_layer * self.group_size
+                + self.extra_bytes_per_token) * self.block_size
 
 
-def kv_bytes_per_token_layer(spec: ModelSpec, tp: int, kv_bytes: int) -> int:
+# DeepSeek Sparse Attention on CUDA: the indexer backend takes 64-token blocks only and sparse
+# FlashMLA multiples of 64, so vLLM's `update_block_size_for_backend` settles on 64
+# (v1/attention/backends/mla/indexer.py `get_supported_kernel_block_sizes`, flashmla_sparse.py).
+SPARSE_MLA_BLOCK_SIZE = 64
+# fp8_ds_mla: 512 fp8 latent values, 4 fp32 scales, 64 bf16 rope values (MLAAttention
+# `state_content_bytes`, mla_attention.py).
+FP8_DS_MLA_BYTES = 656
+
+
+def block_size_for(spec: ModelSpec, default: int) -> int:
+    """The block size vLLM runs this model with, given the version's default."""
+    return SPARSE_MLA_BLOCK_SIZE if spec.indexer is not None else default
+
+
+def indexer_bytes_per_token(spec: ModelSpec, layers: range | None = None) -> int:
+    """Indexer cache of one token over `layers` (all by default): the same on every TP rank."""
+    if spec.indexer is None:
+        return 0
+    own = spec.indexer.layers if layers is None else [i for i in spec.indexer.layers
+                                                      if i in layers]
+    return len(own) * spec.indexer.cache_bytes_per_token
+
+
+def attention_shape(spec: ModelSpec, kind: str = "") -> tuple[int, int]:
+    """(KV heads, head width) of a layer of `kind`: Gemma 4's full layers have their own."""
+    ga = spec.global_attention
+    if kind == "full" and ga is not None:
+        return ga.num_kv_heads, ga.head_dim
+    return spec.num_kv_heads, spec.head_dim
+
+
+def kv_bytes_per_token_layer(spec: ModelSpec, tp: int, kv_bytes: int, kind: str = "") -> int:
     if spec.mla is not None:
         # MLA caches one compressed latent per token, identical on every TP rank.
         return (spec.mla.kv_lora_rank + spec.mla.qk_rope_head_dim) * kv_bytes
-    heads = max(1, spec.num_kv_heads // tp)
-    return 2 * heads * spec.head_dim * kv_bytes
+    kv_heads, d = attention_shape(spec, kind)
+    heads = max(1, kv_heads // tp)
+    return 2 * heads * d * kv_bytes
 
 
-def kv_token_layer_bytes(spec: ModelSpec, tp: int, kvd: KvDtype, model_bytes: int) -> int:
+def kv_token_layer_bytes(spec: ModelSpec, tp: int, kvd: KvDtype, model_bytes: int,
+                         kind: str = "") -> int:
     """One layer's KV (or MLA latent) for one token on one GPU in `kvd`'s layout: packed
     formats (nvfp4, per-token-head scales) add their scales, fp8_ds_mla has its own size."""
     if spec.mla is not None and kvd.mla_bytes_per_token:
         return kvd.mla_bytes_per_token
+    if spec.indexer is not None and kvd.bits == 8:
+        # Sparse FlashMLA serves any fp8 KV cache in DeepSeek's fp8_ds_mla layout (vLLM
+        # mla_attention.py `_canonicalize_sparse_mla_kv_cache_dtype`): 656 bytes per token.
+        return FP8_DS_MLA_BYTES
     if kvd.bits == 0:  # the model dtype
-        return kv_bytes_per_token_layer(spec, tp, model_bytes)
+        return kv_bytes_per_token_layer(spec, tp, model_bytes, kind)
     if spec.mla is not None:
         return (spec.mla.kv_lora_rank + spec.mla.qk_rope_head_dim) * kvd.bits // 8
-    heads = max(1, spec.num_kv_heads // tp)
-    d = spec.head_dim
+    kv_heads, d = attention_shape(spec, kind)
+    heads = max(1, kv_heads // tp)
     slot = d * kvd.bits // 8 + kvd.head_scale_bytes
     if kvd.group_size:
         slot += d // kvd.group_size * kvd.group_scale_bytes
     return 2 * heads * slot
 
 
+def kv_share_target(spec: ModelSpec, layer: int) -> int | None:
+    """The layer whose KV a Gemma 4 KV-shared layer reads: the last layer of its type before
+    the shared ones (vLLM gemma4.py `kv_sharing_target_layer_name`); None for layers that own
+    their KV."""
+    owners = spec.num_layers - spec.kv_shared_layers
+    if layer < owners:
+        return None
+    kinds = spec.layer_kinds()
+    return max((i for i in range(owners) if kinds[i] == kinds[layer]), default=None)
+
+
+def cache_layers(spec: ModelSpec) -> tuple[tuple[str, int], ...]:
+    """(kind, layer index) of every cache vLLM allocates: one per attention layer, one "mamba"
+    per layer with recurrent state (Falcon-H1's layers have both); "linear"/"none" layers hold
+    no KV."""
+    owners = spec.num_layers - spec.kv_shared_layers  # Gemma 4: the rest read their KV
+    out: list[tuple[str, int]] = [(k, i) for i, k in enumerate(spec.layer_kinds())
+                                  if k not in ("linear", "none") and i < owners]
+    if spec.linear is not None:
+        out += [("mamba", i) for i in spec.linear.layers]
+    return tuple(out)
+
+
 @functools.lru_cache(maxsize=1024)
-def _vllm_groups(kinds: tuple[str, ...]) -> tuple[int, tuple[tuple[str, tuple[int, ...]], ...]]:
+def _vllm_groups(entries: tuple[tuple[str, int], ...]
+                 ) -> tuple[int, tuple[tuple[str, tuple[int, ...]], ...]]:
     """vLLM's `_get_kv_cache_groups_uniform_page_size` over the whole model: the group size and
     each group's (kind, layer indices). A kind's n groups take its layers i, i+n, i+2n, …"""
     by_kind: dict[str, list[int]] = {}
-    for i, kind in enumerate(kinds):
+    for kind, i in entries:
         by_kind.setdefault(kind, []).append(i)
     counts = [len(v) for v in by_kind.values()]
     size = min(counts)
@@ -100,27 +176,66 @@ def _stage_group_size(groups: Sequence[tuple[str, Sequence[int]]], stage: range)
 
 def geometry(spec: ModelSpec, *, tp: int, pp: int, kv_bytes: int, block_size: int,
              stage_layers: int | None = None, stage: int | None = None,
-             token_layer_bytes: int | None = None) -> KvGeometry:
+             token_layer_bytes: int | None = None, model_dtype: str | None = None,
+             state_rules: st.StateRules | None = None,
+             kv_dtype: KvDtype | None = None) -> KvGeometry:
     """KV layout of one pipeline stage: `stage` (index), else the worst stage holding
     `stage_layers` layers, else (pp = 1) the whole model. `token_layer_bytes` (from
     `kv_token_layer_bytes`) replaces `kv_bytes` for packed KV layouts.
 
     Chunked local attention (Llama 4) is its own group: the 0.19 Scout log shows 4 groups of
-    12 (91495 blocks → 365,968 tokens), so the hybrid manager stays on for it."""
-    size, members = _vllm_groups(tuple(spec.layer_kinds()))
+    12 (91495 blocks → 365,968 tokens), so the hybrid manager stays on for it.
+
+    Hybrid models with recurrent state (`spec.linear`) add "mamba" groups; the block size is
+    raised until an attention page holds a state page (memory/state.py), in the serving
+    `model_dtype` (default: the checkpoint's) and the engine's `state_rules`.
+
+    Layer kinds of different widths (Gemma 4) share one page size, the widest kind's: the
+    others hold more tokens per block (`kind_block_sizes`), sized in `kv_dtype`'s layout when
+    given (else `kv_bytes` per element)."""
+    size, members = _vllm_groups(cache_layers(spec))
+    per_layer = token_layer_bytes if token_layer_bytes is not None \
+        else kv_bytes_per_token_layer(spec, tp, kv_bytes)
+    kind_blocks: tuple[tuple[str, int], ...] = ()
+    if spec.global_attention is not None:
+        per_layer, kind_blocks = _unified_page(spec, tp, kv_bytes, block_size, kv_dtype,
+                                               {kind for kind, _ in members})
+    extra = indexer_bytes_per_token(spec)
     if pp > 1 and (stage is not None or stage_layers is not None):
         ranges = pp_layer_ranges(spec.num_layers, pp)
         if stage is not None:
             candidates = [ranges[stage]]
         else:  # every stage of that size; a size no stage has: the worst stage of all
             candidates = [r for r in ranges if len(r) == stage_layers] or ranges
-        size = max(_stage_group_size(members, r) for r in candidates)
+        size, extra = max(((_stage_group_size(members, r), indexer_bytes_per_token(spec, r))
+                           for r in candidates), key=lambda se: se[0] * per_layer + se[1])
     groups = tuple(sorted(Counter(kind for kind, _ in members).items()))
+    state_blocks = state_page = 0
+    if spec.linear is not None:
+        state_page = st.state_page_bytes(spec.linear, tp, model_dtype or spec.dtype,
+                                         state_rules)
+        block_size = st.hybrid_block_size(per_layer, state_page, block_size, state_rules,
+                                          kind=spec.linear.kind)
+        state_blocks = st.state_blocks_per_request(spec.linear, state_rules)
     return KvGeometry(
-        bytes_per_token_layer=token_layer_bytes if token_layer_bytes is not None
-        else kv_bytes_per_token_layer(spec, tp, kv_bytes),
-        group_size=size, groups=groups, block_size=block_size,
-        sliding_window=spec.sliding_window, chunk_size=spec.attention_chunk_size)
+        bytes_per_token_layer=per_layer, group_size=size, groups=groups, block_size=block_size,
+        sliding_window=spec.sliding_window, chunk_size=spec.attention_chunk_size,
+        extra_bytes_per_token=extra, state_blocks=state_blocks, state_page_bytes=state_page,
+        kind_block_sizes=kind_blocks)
+
+
+def _unified_page(spec: ModelSpec, tp: int, kv_bytes: int, block_size: int,
+                  kvd: KvDtype | None, kinds: set[str]) -> tuple[int, tuple[tuple[str, int], ...]]:
+    """vLLM's `unify_kv_cache_spec_page_size`: every layer gets the largest page; a kind whose
+    page divides it holds block_size × ratio tokens, any other is padded to it (same tokens).
+    Returns the page's bytes per token at `block_size` and the scaled kinds."""
+    per_kind = {k: kv_token_layer_bytes(spec, tp, kvd, kv_bytes, k) if kvd is not None
+                else kv_bytes_per_token_layer(spec, tp, kv_bytes, k) for k in kinds}
+    widest = max(per_kind.values(), default=0)
+    page = widest * block_size
+    scaled = tuple(sorted((k, block_size * (page // (b * block_size))) for k, b in per_kind.items()
+                          if b != widest and page % (b * block_size) == 0))
+    return widest, scaled
 
 
 def num_blocks(geo: KvGeometry, kv_cache_bytes: int) -> int:
@@ -148,16 +263,19 @@ def blocks_per_request(geo: KvGeometry, max_model_len: int, max_num_batched_toke
     window: one batch up to 0.19; vLLM 0.32 reserves `max_in_flight_tokens`, one batch per
     concurrent step (2 with async scheduling, its default on GPUs; PP + 1 with the V2 runner)."""
     total = 0
-    full = math.ceil(max_model_len / geo.block_size)
+    blocks = dict(geo.kind_block_sizes)
     for kind, n in geo.groups:
+        block = blocks.get(kind, geo.block_size)
         if kind == "sliding" and geo.sliding_window:
             tokens = min(geo.sliding_window - 1 + max_num_batched_tokens, max_model_len)
-            per = math.ceil(tokens / geo.block_size) + 1
+            per = math.ceil(tokens / block) + 1
         elif kind == "chunked" and geo.chunk_size:
             tokens = min(geo.chunk_size + max_num_batched_tokens, max_model_len)
-            per = math.ceil(tokens / geo.block_size)
+            per = math.ceil(tokens / block)
+        elif kind == "mamba":  # a fixed state per sequence, whatever its length
+            per = geo.state_blocks
         else:
-            per = full
+            per = math.ceil(max_model_len / block)
         total += per * n
     return total
 

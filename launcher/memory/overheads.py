@@ -116,7 +116,7 @@ def uses_v2_runner(spec: ModelSpec, cal: EngineCalibration, *, quantized: bool) 
         return False
     if rule.v2_default == "always":
         return True
-    hybrid = "linear" in spec.layer_kinds()
+    hybrid = spec.linear is not None or "linear" in spec.layer_kinds()  # Falcon-H1: no "linear"
     listed = spec.architecture in rule.v2_architectures
     if rule.v2_default == "listed":
         if not listed:

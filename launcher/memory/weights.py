@@ -28,7 +28,9 @@ _VISION = ("vision", "visual", "image_", "multi_modal_projector", "mm_projector"
 _EMBED = ("embed_tokens", "wte.", "word_embeddings", "tok_embeddings", "embeddings.word")
 _HEAD = ("lm_head", "embed_out", "output.weight")
 _REPLICATED_2D = ("q_a_proj", "kv_a_proj_with_mqa", "mlp.gate.weight", "router",
-                  "block_sparse_moe.gate.", "shared_expert_gate", "gate.e_score_correction")
+                  "block_sparse_moe.gate.", "shared_expert_gate", "gate.e_score_correction",
+                  ".indexer.",  # DeepSeek Sparse Attention's indexer: ReplicatedLinear / no TP
+                  "per_layer_input_gate", "per_layer_projection.")  # Gemma 4 PLE, replicated
 _FLOATS = {"F32", "F16", "BF16", "F64"}
 
 
@@ -196,6 +198,15 @@ def rope_cache_bytes(spec: ModelSpec, serve_size: int) -> int:
     elif spec.rope_factor and spec.rope_type in ("yarn", "deepseek_yarn") and spec.rope_original_max:
         scaled = int(spec.rope_original_max * spec.rope_factor)
     positions = base * (spec.rope_caches - 1) + scaled
+    if spec.indexer is not None and spec.indexer.own_rope:
+        positions += scaled  # DeepSeek Sparse Attention: the indexer's NeoX-style twin
+    ga = spec.global_attention
+    if ga is not None:
+        # Gemma 4: one rope per layer type, each as wide as its heads (the full layers'
+        # "proportional" rope keeps the whole global head width in its cache).
+        kinds = set(spec.layer_kinds())
+        widths = ([rot] if kinds - {"full"} else []) + ([ga.head_dim] if "full" in kinds else [])
+        return base * sum(widths) * serve_size
     # gpt-oss builds its rope cache in float32 whatever the serving dtype (gpt_oss.py:113,
     # vLLM 0.32; checked against get_rope in tests/test_vllm_oracle.py).
     element = 4 if spec.model_type == "gpt_oss" else serve_size

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from launcher.errors import ModelConfigError
+from launcher.models import families
 from launcher.models.fields import (
     MAX_COUNT,
     MAX_FFN,
@@ -28,6 +29,7 @@ from launcher.models.fields import (
     as_list,
     as_str,
 )
+from launcher.models.hybrid import hybrid_layers
 from launcher.models.quantization import parse_quantization
 from launcher.models.spec import MLA, TORCH_DTYPES, LayerKind, ModelSpec, MoE, Quantization
 from launcher.models.vision import vision_tower_from_config
@@ -62,6 +64,12 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "gemma3_text": {"tie_word_embeddings": True, "vocab_size": 262208, "num_attention_heads": 8,
                "num_kv_heads": 4, "head_dim": 256,
                     "max_position_embeddings": 131072},
+    # Gemma4TextConfig class defaults (transformers 5.19); layer shapes in families.py.
+    "gemma4": {"tie_word_embeddings": True, "vocab_size": 262144, "num_attention_heads": 8,
+               "num_kv_heads": 4, "head_dim": 256, "max_position_embeddings": 131072},
+    "gemma4_text": {"tie_word_embeddings": True, "vocab_size": 262144,
+                    "num_attention_heads": 8, "num_kv_heads": 4, "head_dim": 256,
+                    "max_position_embeddings": 131072},
     "qwen2": {"attention_bias": True},
     "qwen2_moe": {"attention_bias": True},
     "qwen2_vl": {"attention_bias": True},
@@ -72,6 +80,9 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "starcoder2": {"attention_bias": True, "mlp_bias": True, "gated_mlp": False},
     "gpt_neox": {"attention_bias": True, "mlp_bias": True, "gated_mlp": False},
     "gpt_oss": {"attention_bias": True},
+    "nemotron_h": {"gated_mlp": False},  # relu² MLP: up and down projections only
+    # Glm4MoeConfig's class default; vLLM glm4_moe.py:280 also sets it when absent.
+    "glm4_moe": {"partial_rotary_factor": 0.5},
 }
 
 # Families that tie embeddings unless the file says otherwise (transformers' base default is
@@ -81,12 +92,58 @@ _UNTIED_BY_DEFAULT = {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen
                       "deepseek", "gpt_oss", "llama4", "llama4_text", "kimi_vl", "starcoder2",
                       "cohere", "olmo2", "internlm2", "mistral3", "llava", "exaone"}
 
+# model_type → the architectures (vLLM class names) this module reads as vLLM does: every
+# fixture in tests/data/configs and every built-in profile is listed (a test checks). Any other
+# model_type is read through transformers' config class, or is an error naming the closest of
+# these architectures (launcher/models/transformers_config.py).
+KNOWN_ARCHITECTURES: dict[str, tuple[str, ...]] = {
+    "llama": ("LlamaForCausalLM",), "mistral": ("MistralForCausalLM",),
+    "mixtral": ("MixtralForCausalLM",), "qwen2": ("Qwen2ForCausalLM",),
+    "qwen2_moe": ("Qwen2MoeForCausalLM",), "qwen3": ("Qwen3ForCausalLM",),
+    "qwen3_moe": ("Qwen3MoeForCausalLM",), "qwen3_next": ("Qwen3NextForCausalLM",),
+    "qwen3_5": ("Qwen3_5ForConditionalGeneration",), "qwen3_5_text": ("Qwen3_5ForCausalLM",),
+    "qwen3_5_moe": ("Qwen3_5MoeForConditionalGeneration",),
+    "qwen3_5_moe_text": ("Qwen3_5MoeForCausalLM",),
+    "qwen3_vl_moe": ("Qwen3VLMoeForConditionalGeneration",),
+    "qwen3_vl_moe_text": ("Qwen3VLMoeForConditionalGeneration",),
+    "qwen3_vl": ("Qwen3VLForConditionalGeneration",),
+    "qwen3_vl_text": ("Qwen3VLForConditionalGeneration",),
+    "qwen2_vl": ("Qwen2VLForConditionalGeneration",),
+    "qwen2_5_vl": ("Qwen2_5_VLForConditionalGeneration",),
+    "gemma": ("GemmaForCausalLM",), "gemma2": ("Gemma2ForCausalLM",),
+    "gemma3": ("Gemma3ForConditionalGeneration",), "gemma3_text": ("Gemma3ForCausalLM",),
+    "gemma4": ("Gemma4ForConditionalGeneration",), "gemma4_text": ("Gemma4ForCausalLM",),
+    "phi": ("PhiForCausalLM",), "phi3": ("Phi3ForCausalLM",),
+    "granite": ("GraniteForCausalLM",), "granitemoe": ("GraniteMoeForCausalLM",),
+    "granitemoehybrid": ("GraniteMoeHybridForCausalLM",),
+    "deepseek": ("DeepseekForCausalLM",), "deepseek_v2": ("DeepseekV2ForCausalLM",),
+    "deepseek_v3": ("DeepseekV3ForCausalLM",), "deepseek_v32": ("DeepseekV32ForCausalLM",),
+    "kimi_k2": ("DeepseekV3ForCausalLM",), "kimi_vl": ("KimiVLForConditionalGeneration",),
+    "glm4_moe": ("Glm4MoeForCausalLM",), "glm_moe_dsa": ("GlmMoeDsaForCausalLM",),
+    "minimax_m2": ("MiniMaxM2ForCausalLM",), "gpt_oss": ("GptOssForCausalLM",),
+    "llama4": ("Llama4ForConditionalGeneration",), "llama4_text": ("Llama4ForCausalLM",),
+    "mistral3": ("Mistral3ForConditionalGeneration",), "llava": ("LlavaForConditionalGeneration",),
+    "jamba": ("JambaForCausalLM",), "falcon_h1": ("FalconH1ForCausalLM",),
+    "nemotron_h": ("NemotronHForCausalLM",), "gpt2": ("GPT2LMHeadModel",),
+    "gpt_bigcode": ("GPTBigCodeForCausalLM",), "gpt_neox": ("GPTNeoXForCausalLM",),
+    "starcoder2": ("Starcoder2ForCausalLM",), "cohere": ("CohereForCausalLM",),
+    "olmo2": ("Olmo2ForCausalLM",), "internlm2": ("InternLM2ForCausalLM",),
+    "exaone": ("ExaoneForCausalLM",),
+}
+
+
+def known_model_type(model_type: str) -> bool:
+    """Whether this module's tables read `model_type` (else transformers' class is asked)."""
+    return (model_type in KNOWN_ARCHITECTURES or model_type in FAMILY_DEFAULTS
+            or model_type in _UNTIED_BY_DEFAULT)
+
 
 _LAYER_KINDS: dict[str, LayerKind] = {
     "sliding_attention": "sliding", "full_attention": "full", "chunked_attention": "chunked",
     "linear_attention": "linear"}
 _EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
-_TOP_K_KEYS = ("num_experts_per_tok", "experts_per_token", "moe_top_k", "num_experts_per_token")
+_TOP_K_KEYS = ("num_experts_per_tok", "experts_per_token", "moe_top_k", "num_experts_per_token",
+               "top_k_experts")
 _LLAMA4 = ("llama4", "llama4_text")
 _GEMMA3 = ("gemma3", "gemma3_text")
 
@@ -184,6 +241,17 @@ def spec_from_config(config: dict[str, Any], *, name: str, source: str,
         raise ModelConfigError(f"{origin}: expected a JSON object, got {type(config).__name__}",
                                fix="Use the model's config.json.")
     r = _Reader(config, origin)
+    families.refuse_unmodeled(r)
+    via_notes: tuple[str, ...] = ()
+    if not known_model_type(r.model_type):
+        # Not in this module's tables: transformers' config class (imported only here) or
+        # exit 2 naming the architecture (launcher/models/transformers_config.py).
+        from launcher.models import transformers_config
+
+        via = transformers_config.normalize(config, r.model_type, origin, KNOWN_ARCHITECTURES)
+        r = _Reader(via.config, origin)
+        r.provenance["config_class"] = via.provenance
+        via_notes = (via.note,)
     model_type = r.model_type
     att = _attention(r, model_type)
     inter = _intermediate_size(r, model_type, att.hidden_size)
@@ -196,8 +264,13 @@ def spec_from_config(config: dict[str, Any], *, name: str, source: str,
     attention_bias, mlp_bias = _biases(r)
     rotary_dim = _rotary_dim(r, att.head_dim)
     layers = _layer_pattern(r, model_type, att.num_layers)
+    hybrid = hybrid_layers(r, model_type, att.num_layers, att.hidden_size)
+    if hybrid is not None:  # layers with recurrent state (launcher/models/hybrid.py)
+        layers = _Layers(hybrid.kinds)
     moe = _moe(r, inter, att.num_layers, model_type)
     mla = _mla(r)
+    indexer = families.sparse_indexer(r, att.num_layers, mla)
+    g4 = families.gemma4_layers(r, layers.kinds, att.num_layers, att.num_kv_heads, att.head_dim)
     quantization = _quantization(r)
     vision = vision_tower_from_config(config, origin)
     return ModelSpec(
@@ -210,10 +283,16 @@ def spec_from_config(config: dict[str, Any], *, name: str, source: str,
         attention_chunk_size=layers.attention_chunk_size, rotary_dim=rotary_dim,
         rope_caches=2 if model_type in _GEMMA3 else 1,  # Gemma 3: local and global rope bases
         rope_type=rope.rope_type, rope_factor=rope.factor, rope_original_max=rope.original_max,
+        config_max_positions=max_pos if max_pos != max_len else None,
         attention_bias=attention_bias, mlp_bias=mlp_bias,
         gated_mlp=bool(r.family.get("gated_mlp", True)), moe=moe, mla=mla,
+        indexer=indexer, mtp_layers=families.mtp_layers(r),
+        global_attention=g4.global_attention, kv_shared_layers=g4.kv_shared_layers,
+        per_layer_embedding=g4.per_layer_embedding,
+        double_wide_shared_mlp=g4.double_wide_shared_mlp,
+        linear=hybrid.state if hybrid is not None and hybrid.state.layers else None,
         quantization=quantization, vision=vision, provenance=r.provenance,
-        assumptions=(*dtype_notes, *tie_notes),
+        assumptions=(*via_notes, *dtype_notes, *tie_notes),
     )
 
 
@@ -288,6 +367,10 @@ def _intermediate_size(r: _Reader, model_type: str, hidden: int) -> int:
     inter = r.get_int("intermediate_size", lo=lo, hi=MAX_FFN)
     if inter is not None:
         return inter
+    moe_width = r.peek(("moe_intermediate_size",)) if lo == 0 else None
+    if moe_width is not None:  # every layer MoE and no dense width (Qwen3.5 MoE text_config)
+        r.provenance["intermediate_size"] = "derived: = moe_intermediate_size (no dense MLP)"
+        return as_int(*moe_width, r.origin, hi=MAX_FFN)
     if model_type in ("gpt2", "gpt_bigcode", "phi"):
         r.provenance["intermediate_size"] = "derived: 4 × hidden_size"
         return 4 * hidden
@@ -319,6 +402,11 @@ def _rope_scaling(r: _Reader) -> _RopeScaling:
     if found is None:
         return _RopeScaling()
     rope, path = as_dict(*found, r.origin), found[1]
+    if isinstance(rope.get("full_attention"), dict):
+        # transformers 5 writes rope_parameters per layer type where they differ (Gemma 3):
+        # the global layers' entry is the one that scales.
+        rope, path = rope["full_attention"], f"{path}.full_attention"
+        r.provenance["rope_scaling"] = path
     rope_type = next((as_str(rope[k], f"{path}.{k}", r.origin)
                       for k in ("rope_type", "type") if rope.get(k)), None)
     factor, orig = rope.get("factor"), rope.get("original_max_position_embeddings")
@@ -356,6 +444,9 @@ def _scaled_max_len(r: _Reader, max_pos: int, rope: _RopeScaling, model_type: st
 
 def _rotary_dim(r: _Reader, head_dim: int) -> int:
     frac = r.get_float("partial_rotary_factor", ("partial_rotary_factor",), lo=0.0, hi=1.0)
+    if frac is None and "partial_rotary_factor" in r.family:
+        r.provenance["partial_rotary_factor"] = "family default (config class)"
+        frac = float(r.family["partial_rotary_factor"])
     if frac is not None:
         if int(head_dim * frac) < 1:
             raise ModelConfigError(
@@ -517,7 +608,8 @@ def _moe(r: _Reader, inter: int, layers: int, model_type: str) -> MoE | None:
     if not expert_inter:
         raise ModelConfigError(f"{r.origin}: no moe_intermediate_size and intermediate_size is "
                                "0, so the experts' width is unknown", fix="Correct config.json.")
-    shared = r.get_int("shared_expert_intermediate_size", ("shared_expert_intermediate_size",),
+    shared = r.get_int("shared_expert_intermediate_size", ("shared_expert_intermediate_size",
+                                                           "shared_intermediate_size"),
                        lo=0, hi=MAX_FFN) or 0
     n_shared = r.get_int("n_shared_experts", ("n_shared_experts", "num_shared_experts"),
                          lo=0, hi=MAX_COUNT) or 0
@@ -529,7 +621,7 @@ def _moe(r: _Reader, inter: int, layers: int, model_type: str) -> MoE | None:
         raise r.too_big("first_k_dense_replace", dense_layers, "num_layers", layers,
                         "more dense layers than layers")
     step = r.get_int("moe_layer_step", ("interleave_moe_layer_step", "decoder_sparse_step",
-                                        "moe_layer_freq"), lo=0, hi=MAX_LAYERS) or 1
+                                        "moe_layer_freq", "expert_layer_period"), lo=0, hi=MAX_LAYERS) or 1
     dense_inter = r.get_int("dense_intermediate", ("intermediate_size_mlp",), hi=MAX_FFN) or inter
     if model_type in _LLAMA4:
         # Llama 4: intermediate_size is the expert width, intermediate_size_mlp the dense one;

@@ -9,11 +9,15 @@ The upper limits are plausibility limits, far above any published model.
 from __future__ import annotations
 
 import math
+import reprlib
 from typing import Any
 
 from launcher.errors import ModelConfigError
 
-MAX_LAYERS = 10_000
+# The deepest published decoders have ~130 layers (Llama 3.1 405B: 126). The memory model's
+# work grows with layers × candidate shapes: 10,000 layers made one plan take minutes, 1,024
+# still ten seconds (an infeasible MoE plan on one small GPU); 512 keeps a 4× margin.
+MAX_LAYERS = 512
 MAX_WIDTH = 1_000_000  # hidden size, head dim, LoRA ranks, vision widths
 MAX_FFN = 10_000_000  # MLP / expert intermediate sizes
 MAX_COUNT = 100_000  # attention heads, experts
@@ -30,11 +34,17 @@ def config_error(origin: str, key: str, value: Any, expected: str) -> ModelConfi
                             fix=_FIX)
 
 
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+_REPR.maxlevel = 3
+
+
 def show(value: Any) -> str:
-    """A short repr: a hostile value must not make the error message itself explode."""
+    """A short repr: a hostile value (a list of a million items, nesting a thousand deep, a
+    4,000-digit integer) must not make the error message itself explode."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
         return f"an integer of {value.bit_length()} bits"
-    text = repr(value)
+    text = _REPR.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

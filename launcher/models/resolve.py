@@ -7,6 +7,7 @@ Hugging Face repo id. An unknown name fails with the closest profile names.
 from __future__ import annotations
 
 import json
+import stat
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +17,8 @@ from launcher.models.config import spec_from_config
 from launcher.models.profiles import closest_names, find_profile, profile_config
 from launcher.models.safetensors_meta import read_checkpoint
 from launcher.models.spec import ModelSpec, TensorInfo
+
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
 
 
 def resolve_model(name: str) -> ModelSpec:
@@ -70,13 +73,21 @@ def spec_from_dir(path: Path, name: str | None = None) -> ModelSpec:
                                fix="Point at a Hugging Face model directory (config.json plus "
                                    "*.safetensors).")
     try:
-        config = json.loads(cfg_path.read_text())
+        st = cfg_path.stat()
+        # Real config.json files are a few KB in a regular file: never read gigabytes, nor a
+        # device or pipe (a link to /dev/zero) that would never end.
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_CONFIG_BYTES:
+            what = (f"{st.st_size:,} bytes (limit {MAX_CONFIG_BYTES:,})"
+                    if stat.S_ISREG(st.st_mode) else "not a regular file")
+            raise ModelConfigError(f"{cfg_path}: {what}, not a model config",
+                                   fix="Restore the file from the model's repository.")
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ModelConfigError(f"{cfg_path}: not valid JSON (line {e.lineno}: {e.msg})",
                                fix="Restore the file from the model's repository.") from e
     except (OSError, ValueError, RecursionError) as e:
         # ValueError: bytes that are not UTF-8, or an integer literal too long to convert.
-        raise ModelConfigError(f"{cfg_path}: unreadable ({type(e).__name__}: {e})",
+        raise ModelConfigError(f"{cfg_path}: unreadable ({type(e).__name__}: {str(e)[:120]})",
                                fix="Restore the file from the model's repository.") from e
     spec = spec_from_config(config, name=name or path.name, source=f"local:{path}",
                             origin=str(cfg_path))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import reprlib
 import struct
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,6 +28,13 @@ _SHARD_NAME = re.compile(r"^(?P<prefix>.+)-(?P<i>\d+)-of-(?P<n>\d+)\.safetensors
 # Real headers are a few MB at most (DeepSeek-V3 shards: ~100 KB). Anything bigger is corruption,
 # and reading it would waste memory before failing.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+# The largest published checkpoints have a few hundred shards (Llama 3.1 405B: 191).
+MAX_SHARDS = 100_000
+# A tensor has a handful of dimensions (torch allows 64); a longer shape is corruption.
+MAX_DIMS = 64
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
 
 _FIX = (
     "re-download the file (`hf download REPO {name}`, or `huggingface-cli download REPO {name}` "
@@ -40,6 +48,17 @@ def _error(path: Path, problem: str) -> CheckpointError:
         fix=_FIX.format(name=path.name),
         hint=f"ls -l {path}",
     )
+
+
+def _short(e: BaseException) -> str:
+    """An exception's text, cut: a hostile file must not make the message itself huge."""
+    text = str(e)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _show(value: object) -> str:
+    """A bounded repr of a value read from the header (it may be huge or deeply nested)."""
+    return _REPR.repr(value)
 
 
 def _bits(dtype: str) -> int:
@@ -72,11 +91,15 @@ def read_header(path: Path) -> list[TensorInfo]:
             raw = f.read(n)
     except OSError as e:
         raise _error(path, f"cannot read it ({e.strerror or e})") from e
+    if n < 2:  # the smallest JSON object, `{}`, is 2 bytes
+        raise _error(path, f"header length {n} bytes is too short for a JSON header")
 
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _error(path, f"header is not valid JSON ({e})") from e
+    except (ValueError, RecursionError) as e:
+        # ValueError covers bad UTF-8, invalid JSON and integer literals too long to convert;
+        # RecursionError a header nested deeper than the parser's stack.
+        raise _error(path, f"header is not valid JSON ({type(e).__name__}: {_short(e)})") from e
     if not isinstance(header, dict):
         raise _error(path, "header is not a JSON object")
 
@@ -84,6 +107,8 @@ def read_header(path: Path) -> list[TensorInfo]:
     tensors: list[TensorInfo] = []
     for name, entry in header.items():
         if name == "__metadata__":
+            if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
+                raise _error(path, "__metadata__ is not an object of strings")
             continue
         tensors.append(_parse_entry(path, name, entry, data_size))
     return tensors
@@ -91,59 +116,79 @@ def read_header(path: Path) -> list[TensorInfo]:
 
 def _parse_entry(path: Path, name: str, entry: object, data_size: int) -> TensorInfo:
     if not isinstance(entry, dict):
-        raise _error(path, f"tensor {name!r}: entry is not a JSON object")
+        raise _error(path, f"tensor {_show(name)}: entry is not a JSON object")
     missing = [k for k in ("dtype", "shape", "data_offsets") if k not in entry]
     if missing:
-        raise _error(path, f"tensor {name!r}: missing {', '.join(missing)}")
+        raise _error(path, f"tensor {_show(name)}: missing {', '.join(missing)}")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if dtype not in DTYPE_BYTES:
+    if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
         raise _error(
-            path, f"tensor {name!r}: unknown dtype {dtype!r} (known: {', '.join(DTYPE_BYTES)})"
+            path,
+            f"tensor {_show(name)}: unknown dtype {_show(dtype)} (known: {', '.join(DTYPE_BYTES)})",
         )
-    if not isinstance(shape, list) or not all(
+    if not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
-        raise _error(path, f"tensor {name!r}: shape {shape!r} is not a list of sizes")
+        raise _error(path, f"tensor {_show(name)}: shape {_show(shape)} is not a list of sizes")
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
         or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
         or not 0 <= offsets[0] <= offsets[1]
     ):
-        raise _error(path, f"tensor {name!r}: data_offsets {offsets!r} is not [begin, end]")
+        raise _error(path,
+                     f"tensor {_show(name)}: data_offsets {_show(offsets)} is not [begin, end]")
     info = TensorInfo(name=name, dtype=dtype, shape=tuple(shape))
     bits = info.numel * _bits(dtype)
     begin, end = offsets
     if bits % 8 or end - begin != bits // 8:
         raise _error(
             path,
-            f"tensor {name!r}: data_offsets span {end - begin} bytes but {dtype}{list(shape)} "
-            f"needs {bits / 8:g}",
+            f"tensor {_show(name)}: data_offsets span {_show(end - begin)} bytes but "
+            f"{dtype}{_show(shape)} needs {_show(bits // 8) if bits % 8 == 0 else _show(bits) + ' bits'}",
         )
     if end > data_size:
         raise _error(
             path,
-            f"tensor {name!r} ends at byte {end} of the data but the file holds only {data_size} "
-            "(truncated file)",
+            f"tensor {_show(name)} ends at byte {_show(end)} of the data but the file holds only "
+            f"{data_size} (truncated file)",
         )
     return info
 
 
 def _listed_shards(model_dir: Path) -> list[str] | None:
-    """Shard names the index lists, or None when the directory has no index."""
+    """Shard names the index lists, or None when the directory has no index.
+
+    Each name must be a plain file name in the directory: an index is data from the internet,
+    and `../` or an absolute path would make the launcher read files outside the model.
+    """
     index = model_dir / INDEX_FILE
     if not index.is_file():
         return None
+
+    def invalid(problem: str) -> CheckpointError:
+        return CheckpointError(f"{index} is not a valid safetensors index ({problem})",
+                               fix=_FIX.format(name=INDEX_FILE),
+                               hint=f"python -m json.tool {index}")
+
     try:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        return sorted(set(weight_map.values()))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError,
-            AttributeError) as e:
-        raise CheckpointError(
-            f"{index} is not a valid safetensors index ({type(e).__name__}: {e})",
-            fix=_FIX.format(name=INDEX_FILE),
-            hint=f"python -m json.tool {index}",
-        ) from e
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        # ValueError: bad UTF-8, invalid JSON, an integer literal too long to convert.
+        raise invalid(f"{type(e).__name__}: {_short(e)}") from e
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict):
+        raise invalid("no `weight_map` object")
+    names = set()
+    for tensor, shard in weight_map.items():
+        if (not isinstance(shard, str) or not shard or shard != Path(shard).name
+                or shard in (".", "..") or "\0" in shard):
+            raise invalid(f"`weight_map.{_show(tensor)}` is {_show(shard)}, expected the file "
+                          "name of a shard in the model directory")
+        names.add(shard)
+    if len(names) > MAX_SHARDS:
+        raise invalid(f"it lists {len(names)} shards, more than {MAX_SHARDS:,}")
+    return sorted(names)
 
 
 def _unindexed_files(model_dir: Path) -> list[Path]:
@@ -174,6 +219,12 @@ def missing_shards(model_dir: Path) -> list[str]:
             expected[m["prefix"]] = (len(m["i"]), int(m["n"]))
     missing = []
     for prefix, (width, count) in sorted(expected.items()):
+        if count > MAX_SHARDS:
+            raise CheckpointError(
+                f"{model_dir / (prefix + '-…-of-' + str(count))}: the shard names claim "
+                f"{_show(count)} shards, more than {MAX_SHARDS:,}",
+                fix="Rename or remove the file; checkpoints have at most a few hundred shards.",
+                hint=f"ls {model_dir}")
         for i in range(1, count + 1):
             name = f"{prefix}-{i:0{width}d}-of-{count:0{width}d}.safetensors"
             if name not in present:

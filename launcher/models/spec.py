@@ -28,7 +28,10 @@ TORCH_DTYPES: dict[str, str] = {
 
 DTYPE_SIZE: dict[str, int] = {"bfloat16": 2, "float16": 2, "float32": 4}
 
-LayerKind = Literal["full", "sliding", "chunked", "linear"]
+# "linear": a layer with recurrent state only (Gated DeltaNet, Mamba); "none": neither KV nor
+# state (Nemotron-H's MLP-only layers). Which layers hold state is `ModelSpec.linear.layers`.
+LayerKind = Literal["full", "sliding", "chunked", "linear", "none"]
+StateKind = Literal["gdn", "mamba1", "mamba2"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,83 @@ class MLA:
 
 
 @dataclass(frozen=True)
+class SparseIndexer:
+    """DeepSeek Sparse Attention's lightning indexer (DeepSeek V3.2, GLM-5 `glm_moe_dsa`).
+
+    Besides the MLA latent, every layer that owns an indexer caches one key of `head_dim` per
+    token in fp8 with one fp32 scale per 128 values (vLLM `DeepseekV32IndexerCache`: uint8,
+    head_dim + head_dim // 128 × 4 bytes, one head, the same on every TP rank). `layers` are the
+    layers that own one (vLLM skips it on layers `index_topk_freq` / `index_topk_pattern`
+    mark as sharing an earlier layer's top-k)."""
+
+    n_heads: int
+    head_dim: int
+    topk: int
+    layers: tuple[int, ...]
+    # The indexer's rope is NeoX-style unless `indexer_rope_interleave`; MLA's is not, so vLLM
+    # builds a second cos/sin cache of the same size (get_rope caches by style).
+    own_rope: bool = True
+
+    @property
+    def cache_bytes_per_token(self) -> int:
+        """One layer's indexer key for one token (vLLM's quant block is 128 values)."""
+        return self.head_dim + self.head_dim // 128 * 4
+
+
+@dataclass(frozen=True)
+class LinearState:
+    """The per-sequence recurrent state of hybrid models (launcher/models/hybrid.py).
+
+    The dims are what vLLM's `MambaStateShapeCalculator` takes: `gdn` (Qwen3-Next, Qwen3.5:
+    `gated_delta_net_state_shape`), `mamba1` (Jamba: `mamba1_state_shape`), `mamba2` (Nemotron-H,
+    Granite 4.0-H, Falcon-H1: `mamba2_state_shape`). `layers` are the layer indices that hold a
+    state (Falcon-H1: every layer, beside its attention). `ssm_dtype` is the recurrent-state
+    dtype the model's config class asks for when `--mamba-ssm-cache-dtype` is auto (Qwen3.5's
+    `mamba_ssm_dtype`, Nemotron-H's `mamba_ssm_cache_dtype` or float32); None: the cache dtype."""
+
+    kind: StateKind
+    layers: tuple[int, ...]
+    conv_kernel: int
+    num_k_heads: int = 0  # gdn
+    num_v_heads: int = 0  # gdn
+    head_k_dim: int = 0  # gdn
+    head_v_dim: int = 0  # gdn
+    intermediate_size: int = 0  # mamba: the SSM's inner width (d_inner)
+    d_state: int = 0  # mamba
+    n_groups: int = 0  # mamba2
+    num_heads: int = 0  # mamba2
+    head_dim: int = 0  # mamba2
+    dt_rank: int = 0  # mamba1 (weights only)
+    conv_bias: bool = True  # weights only
+    ssm_dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(self.layers))
+
+
+@dataclass(frozen=True)
+class GlobalAttention:
+    """Full-attention layers shaped unlike the sliding ones (Gemma 4: `global_head_dim`,
+    `num_global_key_value_heads`; vLLM reads them per layer from `per_layer_config`).
+    `k_eq_v` (`attention_k_eq_v`): the layer ships k_proj only and vLLM loads it into both K
+    and V, so the cache still holds K and V but the checkpoint has no v_proj."""
+
+    head_dim: int
+    num_kv_heads: int
+    k_eq_v: bool = False
+
+
+@dataclass(frozen=True)
+class PerLayerEmbedding:
+    """Gemma 4's per-layer input embeddings (PLE): one `vocab_size × (layers × hidden_size)`
+    table (a VocabParallelEmbedding in vLLM), a projection from the model width and a small
+    gate and projection in every layer."""
+
+    vocab_size: int
+    hidden_size: int
+
+
+@dataclass(frozen=True)
 class VisionTower:
     """A multimodal model's encoder, sized from its `vision_config` (or counted from tensors)."""
 
@@ -131,11 +211,29 @@ class ModelSpec:
     rope_type: str | None = None
     rope_factor: float | None = None
     rope_original_max: int | None = None
+    # config.json's own max_position_embeddings, before any rope scaling; max_position_embeddings
+    # above is the context vLLM derives from it, which changed in 0.30 for YaRN
+    # (memory/context.py). None: the two are the same.
+    config_max_positions: int | None = None
     attention_bias: bool = False
     mlp_bias: bool = False
     gated_mlp: bool = True
     moe: MoE | None = None
     mla: MLA | None = None
+    # DeepSeek Sparse Attention: an indexer K cache beside the MLA latent (families.py).
+    indexer: SparseIndexer | None = None
+    # Gemma 4: the full layers' own attention shape, the last `kv_shared_layers` layers that
+    # reuse an earlier layer's KV (and own no cache), per-layer input embeddings, and MLPs of
+    # twice the width on the KV-shared layers (`use_double_wide_mlp`).
+    global_attention: GlobalAttention | None = None
+    kv_shared_layers: int = 0
+    per_layer_embedding: PerLayerEmbedding | None = None
+    double_wide_shared_mlp: bool = False
+    # Multi-token-prediction layers in the checkpoint (num_nextn_predict_layers): vLLM loads
+    # them only for MTP speculative decoding, so they are not in the weights by default.
+    mtp_layers: int = 0
+    # Hybrid models' recurrent state (Gated DeltaNet / Mamba layers), sized in memory/state.py.
+    linear: LinearState | None = None
     quantization: Quantization | None = None
     vision: VisionTower | None = None
     repo_id: str | None = None
@@ -153,6 +251,10 @@ class ModelSpec:
         object.__setattr__(self, "provenance", dict(self.provenance))
         if self.tensors is not None:
             object.__setattr__(self, "tensors", tuple(self.tensors))
+        if self.indexer is not None:
+            object.__setattr__(self, "indexer", SparseIndexer(
+                self.indexer.n_heads, self.indexer.head_dim, self.indexer.topk,
+                tuple(self.indexer.layers), self.indexer.own_rope))
 
     def layer_kinds(self) -> list[LayerKind]:
         return list(self.layer_types) if self.layer_types else ["full"] * self.num_layers
