@@ -157,6 +157,21 @@ def test_base_image_is_a_pinned_vllm_release_the_launcher_is_calibrated_for() ->
     assert base.split("@")[0] in (DOCKER / "PLATFORM.md").read_text()
 
 
+def test_base_image_and_gpu_extra_follow_the_newest_modelled_vllm() -> None:
+    """The image, the `gpu` extra and the newest modelled range move together: a new range in
+    profiles/engines/vllm.yaml fails this until the Dockerfile's tag and the pin follow it."""
+    import tomllib
+
+    from launcher.engines.calibration import newest_modelled
+
+    (base,) = instruction("FROM")
+    m = re.fullmatch(r"vllm/vllm-openai:v(\d+\.\d+)\.(\d+)(@sha256:[0-9a-f]{64})?", base)
+    assert m, base
+    assert m[1] == newest_modelled("cuda"), f"{base}: the newest modelled vLLM is {newest_modelled()}"
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras["gpu"] == [f"vllm=={m[1]}.{m[2]}"], "the gpu extra pins the image's vLLM"
+
+
 def test_dockerfile_health_check_entry_point_ports_volume_and_defaults() -> None:
     (health,) = instruction("HEALTHCHECK")
     assert "/readyz" in health and "127.0.0.1" in health and "curl" not in health

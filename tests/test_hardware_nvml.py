@@ -212,3 +212,130 @@ def test_only_nvml_module_imports_pynvml() -> None:
     importers = {p.relative_to(root).as_posix() for p in root.rglob("*.py")
                  if "import pynvml" in p.read_text()}
     assert importers == {"hardware/nvml.py"}
+
+
+# ---- unified memory (DGX Spark GB10): NVML has no framebuffer -----------------------------
+class _RecordedNvml:
+    """The pynvml module answering from a recorded reading (tests/data/nvml/*.json).
+
+    Constants and exception classes are pynvml's own; a call the recording has is answered with
+    the recorded value or raises the recorded NVML error (built by pynvml, so it is the very
+    NVMLError_NotSupported a driver produces); a call the recording lacks raises NOT_SUPPORTED,
+    which the reader treats as "absent". No behaviour of ours is imitated here.
+    """
+
+    def __init__(self, device: dict, errors: dict[str, str], memory: dict | None = None) -> None:
+        import pynvml
+
+        self._real, self._device, self._errors, self._memory = pynvml, device, errors, memory
+
+    def __getattr__(self, attr: str):
+        value = getattr(self._real, attr)
+        if not attr.startswith("nvml") or attr.startswith("nvmlMemory"):
+            return value  # constants, exception classes, struct versions
+
+        def unrecorded(*_a, **_k):
+            raise self._real.NVMLError(self._real.NVML_ERROR_NOT_SUPPORTED)
+        return unrecorded
+
+    def _raise_if_recorded(self, call: str) -> None:
+        if call in self._errors:
+            raise self._real.NVMLError(getattr(self._real, self._errors[call]))
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:
+        return i
+
+    def nvmlDeviceGetName(self, h: int) -> str:
+        return self._device["name"]
+
+    def nvmlDeviceGetCudaComputeCapability(self, h: int) -> tuple[int, int]:
+        major, minor = self._device["compute_capability"]
+        return major, minor
+
+    def nvmlDeviceGetPciInfo(self, h: int):
+        from types import SimpleNamespace
+        return SimpleNamespace(busId=self._device["pci_bus_id"])
+
+    def nvmlDeviceGetMemoryInfo(self, h: int, version: int | None = None):
+        from types import SimpleNamespace
+        self._raise_if_recorded("nvmlDeviceGetMemoryInfo" if version is None
+                                else "nvmlDeviceGetMemoryInfo_v2")
+        m = self._memory or {}
+        if version is None:
+            return SimpleNamespace(total=m["memory_total"], free=m["memory_free"],
+                                   used=m["memory_used"] + m["memory_reserved"])
+        return SimpleNamespace(**{k.removeprefix("memory_"): v for k, v in m.items()})
+
+
+@pytest.fixture
+def gb10() -> dict:
+    return json.loads((DATA / "gb10-unified-raw.json").read_text())
+
+
+def _gb10_host(gb10: dict) -> tuple[int, int]:
+    kb = gb10["meminfo_kb"]
+    return kb["MemTotal"] * 1024, kb["MemAvailable"] * 1024
+
+
+def test_gb10_without_nvml_memory_is_budgeted_from_host_ram(gb10: dict) -> None:
+    """Recorded GB10: NVML's memory info is NOT_SUPPORTED (v1 and v2), so the reader takes
+    MemTotal / MemAvailable — the total torch reports there (121.69 GiB) and the free figure
+    vLLM uses on integrated GPUs — and the plan's notes say the OS shares it."""
+    from launcher.hardware.nvml import _read_device
+
+    nvml = _RecordedNvml(gb10["device"], gb10["nvml_errors"])
+    notes: list[str] = []
+    dev = _read_device(nvml, 0, notes, host=lambda: _gb10_host(gb10))
+    total, available = _gb10_host(gb10)
+    assert dev.unified_memory and dev.memory_reserved is None
+    assert (dev.memory_total, dev.memory_free, dev.memory_used) == (total, available,
+                                                                    total - available)
+    assert dev.compute_capability == (12, 1) and dev.nvlinks is None and dev.mig_mode is None
+
+    inv = build_inventory(RawSystem(gb10["driver_version"], "13.0", (dev,)), env={})
+    g = inv.gpus[0]
+    assert f"{g.total_bytes / GiB:.2f}" == gb10["cross_check"]["torch_total_gib"]
+    assert g.free_bytes == available and g.other_used_bytes == total - available
+    assert g.nvml_total_bytes is None and g.reserved_bytes is None
+    assert g.catalog_name == "GB10" and g.memory_bandwidth_gbps == 273
+    assert any("unified memory: budget read from host RAM, shared with the OS" in a
+               and "MemAvailable 113.07 GiB" in a for a in inv.assumptions), inv.assumptions
+    assert not any("v2 memory info unavailable" in a for a in inv.assumptions)
+
+
+def test_gb10_reading_survives_a_snapshot_round_trip(gb10: dict) -> None:
+    from launcher.hardware.inventory import Inventory
+    from launcher.hardware.nvml import RawDevice, _read_device
+
+    dev = _read_device(_RecordedNvml(gb10["device"], gb10["nvml_errors"]), 0, [],
+                       host=lambda: _gb10_host(gb10))
+    assert RawDevice.from_dict(RawSystem(None, None, (dev,)).to_dict()["devices"][0]) == dev
+    inv = build_inventory(RawSystem(None, None, (dev,)), env={})
+    assert Inventory.from_dict(json.loads(inv.to_json())) == inv
+
+
+def test_discrete_gpu_keeps_nvml_memory(recorded: dict) -> None:
+    """The same reader on the recorded H100 (v2 answers) never consults the host, and a driver
+    without v2 falls back to v1 as before; only NOT_SUPPORTED from both means unified memory."""
+    from launcher.hardware.nvml import _read_device
+
+    d = recorded["devices"][0]
+
+    def host() -> tuple[int, int]:
+        raise AssertionError("host memory read for a discrete GPU")
+
+    dev = _read_device(_RecordedNvml(d, {}, d), 0, [], host=host)
+    assert not dev.unified_memory and dev.memory_reserved == d["memory_reserved"]
+    assert dev.memory_total == d["memory_total"] and dev.pci_bus_id == d["pci_bus_id"]
+    v1 = _read_device(_RecordedNvml(d, {"nvmlDeviceGetMemoryInfo_v2": "NVML_ERROR_NOT_SUPPORTED"},
+                                    d), 0, [], host=host)
+    assert not v1.unified_memory and v1.memory_reserved is None
+    assert v1.memory_used == d["memory_used"] + d["memory_reserved"]
+
+
+def test_simulated_gb10_says_the_budget_is_shared() -> None:
+    from launcher.hardware.catalog import simulated_inventory
+
+    inv = simulated_inventory("1xDGX-Spark")
+    assert inv.gpus[0].catalog_name == "GB10" and inv.gpus[0].nvml_total_bytes is None
+    assert any("unified memory: budget read from host RAM" in a for a in inv.assumptions)

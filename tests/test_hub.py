@@ -247,6 +247,18 @@ def test_offline_not_in_cache(hermetic_hf: Path) -> None:
     assert "`launcher models`" in err.fix
     assert "local directory with config.json" in err.fix
     assert "hf download org/absent config.json" in err.fix
+    assert str(hermetic_hf) in err.message, "the error names the HF cache it looked in"
+
+
+def test_unreachable_hub_is_asked_once(minihub: MiniHub, hermetic_hf: Path) -> None:
+    """A Hub that answers 503 on the config's HEAD: one HEAD, then the error (huggingface_hub's
+    hf_hub_download alone would retry it with backoff for ≈ 23 s)."""
+    minihub.repos["org/tiny"] = {"config.json": json.dumps(CONFIG).encode()}
+    minihub.errors["org/tiny"] = (503, "ServiceUnavailable")
+    with pytest.raises(UnknownModelError) as exc:
+        fetch_hub_model("org/tiny")
+    assert "503" in exc.value.message
+    assert minihub.requests == ["HEAD /org/tiny/resolve/main/config.json"]
 
 
 def test_offline_env_var_alone_is_honoured(hermetic_hf: Path, monkeypatch) -> None:

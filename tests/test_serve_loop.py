@@ -249,7 +249,9 @@ def _engine_script(tmp: Path, log: Path, *, hang: bool) -> Path:
 
 def _serve(tmp: Path, *, hang: bool, max_attempts: int = 2,
            control_port: int = 0) -> tuple[Target, ServeOptions, Console]:
+    # --load-format dummy: the recorded engine loads nothing, so there is nothing to download.
     target = Target(device="cpu", inventory_file=str(_host_snapshot(tmp)), port=free_port(),
+                    engine_args=("--load-format", "dummy"),
                     engine_python=str(_engine_script(tmp, GRAPH_OOM if not hang else STARTS_FINE,
                                                      hang=hang)))
     opts = ServeOptions(report=tmp / "report.json", log_dir=tmp / "logs",

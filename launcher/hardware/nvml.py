@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -48,6 +48,11 @@ class RawDevice:
 
     `memory_reserved` is None when only NVML v1 memory info was available; then `memory_used`
     includes the reserved memory. `nvlinks` is None when NVLink is not supported or not read.
+
+    `unified_memory` is True for a GPU without memory of its own (DGX Spark GB10), where NVML
+    answers NOT_SUPPORTED for memory info: the memory_* fields then hold the host's MemTotal and
+    MemAvailable (used = the difference), the figures CUDA (total) and vLLM (free, on integrated
+    GPUs) use there, and memory_reserved is None.
     """
 
     nvml_index: int
@@ -62,6 +67,7 @@ class RawDevice:
     mig_mode: bool | None
     processes: tuple[RawProcess, ...] = ()
     nvlinks: tuple[RawNvLink, ...] | None = None
+    unified_memory: bool = False
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RawDevice:
@@ -75,6 +81,7 @@ class RawDevice:
             mig_mode=d.get("mig_mode"),
             processes=tuple(RawProcess(**p) for p in d.get("processes", ())),
             nvlinks=None if nvlinks is None else tuple(RawNvLink(**n) for n in nvlinks),
+            unified_memory=bool(d.get("unified_memory", False)),
         )
 
 
@@ -238,7 +245,7 @@ def to_gpu_info(raw: RawDevice, index: int, peers: tuple[int, ...]) -> GpuInfo:
         uuid=raw.uuid,
         name=raw.name,
         total_bytes=cuda_visible_total(raw.memory_total, raw.memory_reserved),
-        nvml_total_bytes=raw.memory_total,
+        nvml_total_bytes=None if raw.unified_memory else raw.memory_total,
         reserved_bytes=raw.memory_reserved,
         free_bytes=raw.memory_free,
         used_bytes=raw.memory_used,
@@ -272,14 +279,36 @@ def build_inventory(
                                        if p in cuda_index)))
         for i, d in enumerate(visible)
     )
-    if any(d.memory_reserved is None for d in visible):
+    if any(d.memory_reserved is None and not d.unified_memory for d in visible):
         notes.append("NVML v2 memory info unavailable: total includes driver-reserved memory "
                      "and used counts it")
+    notes.extend(unified_memory_note(i, d) for i, d in enumerate(visible) if d.unified_memory)
     return Inventory(
         gpus=gpus, host=host, source="nvml", driver_version=raw.driver_version,
         cuda_driver_version=raw.cuda_driver_version, captured_at=captured_at,
         assumptions=(*raw.assumptions, *notes),
     )
+
+
+def unified_memory_note(index: int, raw: RawDevice) -> str:
+    """What the plan says about a unified-memory GPU: where its numbers came from and that the
+    OS shares them (DGX Spark: vLLM's own utilization check compares against MemAvailable)."""
+    from launcher.hardware.catalog import UNIFIED_NOTE
+
+    gib = 1024 ** 3
+    return (f"GPU {index} ({raw.name}): {UNIFIED_NOTE} (NVML reports no framebuffer memory; "
+            f"total = MemTotal {raw.memory_total / gib:.2f} GiB, free = MemAvailable "
+            f"{raw.memory_free / gib:.2f} GiB, as vLLM measures it on integrated GPUs); other "
+            "programs' RAM use shrinks what the engine can get")
+
+
+def host_memory() -> tuple[int, int]:
+    """(MemTotal, MemAvailable) of this host, in bytes: psutil reads /proc/meminfo, as vLLM's
+    MemorySnapshot does on integrated GPUs (so a container sees the host's figures, like vLLM)."""
+    import psutil
+
+    vm = psutil.virtual_memory()
+    return int(vm.total), int(vm.available)
 
 
 # ---- the side-effecting half ---------------------------------------------------------------
@@ -329,23 +358,47 @@ def _init_error(pynvml: Any, exc: Exception) -> HardwareError:
                          hint=NO_DRIVER_HINT)
 
 
-def _read_device(pynvml: Any, i: int, notes: list[str]) -> RawDevice:
+def _read_memory(pynvml: Any, h: Any, name: str,
+                 host: Callable[[], tuple[int, int]]) -> tuple[int, int | None, int, int, bool]:
+    """(total, reserved, free, used, unified) for one device.
+
+    NVML v2 first (it reports reserved memory), v1 when v2 is missing. A GPU without memory of
+    its own (GB10) answers NOT_SUPPORTED to both; its budget is host RAM. A catalog entry marked
+    unified_memory is read from the host even if a driver does answer, because NVML's and CUDA's
+    free figure miss reclaimable page cache there (vLLM uses MemAvailable for the same reason).
+    """
+    from launcher.hardware.catalog import find_gpu
+
+    gpu_type = find_gpu(name)
+    unified = gpu_type is not None and gpu_type.unified_memory
+    if not unified:
+        try:
+            mem = pynvml.nvmlDeviceGetMemoryInfo(h, version=pynvml.nvmlMemory_v2)
+            return int(mem.total), int(mem.reserved), int(mem.free), int(mem.used), False
+        except (pynvml.NVMLError, AttributeError):
+            pass  # no v2 in this driver or binding: v1 below
+        try:
+            mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+            return int(mem.total), None, int(mem.free), int(mem.used), False
+        except pynvml.NVMLError_NotSupported:
+            pass  # neither version: no framebuffer, i.e. unified memory
+    total, available = host()
+    return total, None, available, max(0, total - available), True
+
+
+def _read_device(pynvml: Any, i: int, notes: list[str],
+                 host: Callable[[], tuple[int, int]] = host_memory) -> RawDevice:
     h = pynvml.nvmlDeviceGetHandleByIndex(i)
     name = _text(pynvml.nvmlDeviceGetName(h))
-    try:
-        mem = pynvml.nvmlDeviceGetMemoryInfo(h, version=pynvml.nvmlMemory_v2)
-        reserved: int | None = int(mem.reserved)
-    except (pynvml.NVMLError, AttributeError):
-        mem = pynvml.nvmlDeviceGetMemoryInfo(h)
-        reserved = None
+    total, reserved, free, used, unified = _read_memory(pynvml, h, name, host)
     cc_major, cc_minor = pynvml.nvmlDeviceGetCudaComputeCapability(h)
     return RawDevice(
         nvml_index=i,
         name=name,
         uuid=_optional(pynvml, lambda: _text(pynvml.nvmlDeviceGetUUID(h))),
         pci_bus_id=_optional(pynvml, lambda: _text(pynvml.nvmlDeviceGetPciInfo(h).busId)),
-        memory_total=int(mem.total), memory_reserved=reserved,
-        memory_free=int(mem.free), memory_used=int(mem.used),
+        memory_total=total, memory_reserved=reserved,
+        memory_free=free, memory_used=used, unified_memory=unified,
         compute_capability=(int(cc_major), int(cc_minor)),
         mig_mode=_optional(pynvml, lambda: pynvml.nvmlDeviceGetMigMode(h)[0]
                            == pynvml.NVML_DEVICE_MIG_ENABLE),

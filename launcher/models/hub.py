@@ -36,6 +36,10 @@ from launcher.models.spec import DTYPE_BYTES, TensorInfo
 from launcher.paths import cache_dir
 
 NO_HEADERS_NOTE = "weights counted from architecture: no safetensors headers in cache"
+# Hub reads that must fail fast. Connection refused and DNS failures are immediate; a
+# black-holed route waits this long at most (huggingface_hub's default is 10 s,
+# HF_HUB_ETAG_TIMEOUT).
+PROBE_TIMEOUT_S = 5.0
 _STORE_FORMAT = 1
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 # Hub naming rules: alphanumerics, '-', '_', '.'; no leading/trailing '-'/'.', no '--'/'..'.
@@ -83,6 +87,20 @@ def is_offline() -> bool:
 
     env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
     return bool(constants.HF_HUB_OFFLINE) or env
+
+
+def hf_cache_dir(cache_dir: Path | None = None) -> Path:
+    """The HF hub cache: `cache_dir`, else HF_HUB_CACHE / HF_HOME as set now (huggingface_hub
+    froze them at import), else its default."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    from huggingface_hub import constants
+
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    return Path(constants.HF_HUB_CACHE).expanduser()
 
 
 def fetch_hub_model(
@@ -155,18 +173,35 @@ def _config_path(
         ) from e
     except LocalEntryNotFoundError:
         pass
+    where = hf_cache_dir(cache_dir)
     if offline:
-        raise _unavailable(repo_id, "offline mode (HF_HUB_OFFLINE=1) and not in the local HF cache")
+        raise _unavailable(repo_id, f"offline mode (HF_HUB_OFFLINE=1) and not in the HF cache "
+                                    f"{where}")
     try:
+        _probe(repo_id, "config.json", revision, token)
         return Path(hf_hub_download(repo_id, "config.json", token=token, **kwargs)), False
     except _hub_errors() as e:
-        raise _hub_error(e, repo_id, revision) from e
+        raise _hub_error(e, repo_id, revision, where) from e
+
+
+def _probe(repo_id: str, filename: str, revision: str | None, token: str | None) -> None:
+    """One HEAD of the file, never retried, so that an unreachable Hub fails at once.
+
+    hf_hub_download retries a HEAD that failed on the network, with nothing cached, five more
+    times with backoff (1 + 2 + 4 + 8 + 8 s: huggingface_hub 2.4 file_download.py
+    `_hf_hub_download_to_cache_dir` → `_get_metadata_or_catch_error(retry_on_errors=True)` →
+    utils/_http.py `http_backoff`), ≈ 23 s before it reports what one failed HEAD already says.
+    """
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision), token=token,
+                         timeout=PROBE_TIMEOUT_S)
 
 
 def _read_config(path: Path, repo_id: str) -> dict[str, Any]:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # incl. bad UTF-8/JSON, huge ints
         raise ModelConfigError(
             f"config.json of {repo_id} ({path}) is unreadable: {e}",
             fix=f"re-download it: `hf download {repo_id} config.json --force-download`",
@@ -204,7 +239,8 @@ def _hub_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def _hub_error(e: BaseException, repo_id: str, revision: str | None) -> LauncherError:
+def _hub_error(e: BaseException, repo_id: str, revision: str | None,
+               cache: Path | None = None) -> LauncherError:
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
@@ -243,8 +279,8 @@ def _hub_error(e: BaseException, repo_id: str, revision: str | None) -> Launcher
     if isinstance(e, LocalEntryNotFoundError):
         cause = e.__cause__ or e.__context__
         detail = f" ({type(cause).__name__}: {cause})" if cause else ""
-        return _unavailable(repo_id, f"the Hub is unreachable{detail} and it is not in the local "
-                                     "HF cache")
+        return _unavailable(repo_id, f"the Hub is unreachable{detail} and it is not in the "
+                                     f"HF cache {cache or hf_cache_dir()}")
     if isinstance(e, HfHubHTTPError):
         status = e.response.status_code if e.response is not None else "?"
         cls = InputError if status in (401, 403) else UnknownModelError
@@ -254,7 +290,8 @@ def _hub_error(e: BaseException, repo_id: str, revision: str | None) -> Launcher
             + _source_fix(repo_id),
             hint="hf auth whoami",
         )
-    return _unavailable(repo_id, f"the Hub is unreachable ({type(e).__name__}: {e})")
+    return _unavailable(repo_id, f"the Hub is unreachable ({type(e).__name__}: {e}) and it is "
+                                 f"not in the HF cache {cache or hf_cache_dir()}")
 
 
 # --- tensor table ----------------------------------------------------------------------------
@@ -360,7 +397,7 @@ def _load_stored(path: Path, notes: list[str]) -> tuple[str | None, list[TensorI
         if unknown:
             raise ValueError(f"unknown dtype(s) {sorted(unknown)}")
         return data.get("commit"), tensors
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         notes.append(f"ignored damaged stored tensor table {path} ({type(e).__name__}: {e})")
         return None
 
