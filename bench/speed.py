@@ -6,8 +6,13 @@ Prints median / min / max seconds for:
   * `launcher estimate deepseek-67b --gpus 2xH100-80GB --tp 2 --json` (target ≤ 0.5 s)
   * the same on a local checkpoint of 100 safetensors shards (target ≤ 1 s)
   * `serve deepseek-67b --dry-run --gpus 8xH100-80GB --json` (target ≤ 0.5 s)
+  * `launcher speed llama-3.1-70b --gpus 4xH100-80GB --json`: plan + speed (target ≤ 0.5 s)
   * `serve deepseek-67b --dry-run --gpus 1xRTX4090 --json`: nothing fits, so it also works
     out what would (no target; reported)
+  * `launcher plan llama-3.1-405b|deepseek-v3 --gpus 2x8xH100-80GB --json`: two nodes of 8
+    (TP inside a node, PP across; target ≤ 0.5 s)
+  * `launcher fit llama-3.1-70b --price-file profiles/prices.example.yaml --json`: one plan
+    per catalog GPU type × 1/2/4/8 GPUs, each predicted and priced (target ≤ 2 s)
 """
 
 from __future__ import annotations
@@ -72,12 +77,20 @@ def main() -> int:
         rows.append(("estimate <local dir, 100 shards> 2xH100-80GB tp2 --json",
                      timed(["estimate", str(d), "--gpus", "2xH100-80GB", "--tp", "2", "--json"],
                            n), 1.0))
+    rows.append(("speed llama-3.1-70b 4xH100-80GB --json",
+                 timed(["speed", "llama-3.1-70b", "--gpus", "4xH100-80GB", "--json"], n), 0.5))
     rows.append(("serve deepseek-67b --dry-run 8xH100-80GB --json",
                  timed(["deepseek-67b", "--dry-run", "--gpus", "8xH100-80GB", "--json"], n,
                        "serve_main"), 0.5))
     rows.append(("serve deepseek-67b --dry-run 1xRTX4090 --json (does not fit)",
                  timed(["deepseek-67b", "--dry-run", "--gpus", "1xRTX4090", "--json"], n,
                        "serve_main"), None))
+    for model in ("llama-3.1-405b", "deepseek-v3"):  # two nodes: TP inside, PP across
+        rows.append((f"plan {model} 2x8xH100-80GB --json (2 nodes)",
+                     timed(["plan", model, "--gpus", "2x8xH100-80GB", "--json"], n), 0.5))
+    rows.append(("fit llama-3.1-70b --price-file (whole catalog) --json",
+                 timed(["fit", "llama-3.1-70b", "--price-file", "profiles/prices.example.yaml",
+                        "--json"], n), 2.0))
     print(f"{'command':<58} {'median s':>9} {'min':>7} {'max':>7} {'target':>7}")
     for name, times, target in rows:
         med = statistics.median(times)

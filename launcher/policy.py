@@ -17,7 +17,11 @@ DEFAULT_MIN_CONCURRENCY = 8  # full-length sequences each replica must hold
 DEFAULT_MIN_CONTEXT = 4096  # shortest context the planner steps down to (or the model max)
 QUANTIZATION_CHOICES = ("auto", "none", "fp8", "awq", "gptq", "bitsandbytes", "4bit")
 KV_CACHE_DTYPE_CHOICES = ("auto", "fp8")
-OBJECTIVES = ("throughput", "latency")
+OBJECTIVES = ("throughput", "latency", "cost")
+# The workload plans are predicted for unless told (`--input-len`, `--output-len`, …): a chat
+# turn, a 1k-token prompt (history included) and a 256-token answer, all prompts at once.
+CHAT_INPUT_LEN = 1024
+CHAT_OUTPUT_LEN = 256
 DEVICE_CHOICES = ("auto", "cuda", "cpu")
 
 # ---- the search ---------------------------------------------------------------------------
@@ -30,6 +34,12 @@ MAX_PIPELINE_STAGES = 8
 KV_ROUNDING_BYTES = MiB  # the KV budget is passed in whole MiB
 MIN_START_UTILIZATION = 0.05  # below this the GPU is taken by others: no room to start
 SUGGESTION_GPU_COUNTS = (1, 2, 4, 8, 16)  # "would fit on N× …" tries these counts
+# Predictions this close are a tie (the speed model is not that exact): fewer pipeline
+# stages, then fewer GPUs per replica, win it.
+SPEED_TIE = 0.05
+SUGGESTION_OTHER_GPU_TYPES = 3  # "or N× <bigger GPU>": the next larger catalog types tried
+SUGGESTION_MEMORY_STEP = 1.15  # each of them with at least this much more memory
+FIT_GPU_COUNTS = (1, 2, 4, 8)  # `launcher fit`: GPU counts per catalog type
 
 # ---- serving ------------------------------------------------------------------------------
 MIN_RESERVE_STEP = int(0.5 * GiB)  # smallest extra reserve per device after a memory failure

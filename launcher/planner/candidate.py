@@ -15,8 +15,10 @@ rendered, so no decision ever reads the text of a reason.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from launcher.hardware.inventory import GpuInfo
 from launcher.memory import kv as kvm
@@ -27,6 +29,9 @@ from launcher.memory.estimate import EngineFlags, Refusal, StageEstimate, costs
 from launcher.planner.options import WeightOption
 from launcher.policy import KV_ROUNDING_BYTES, MIN_START_UTILIZATION
 from launcher.units import GiB
+
+if TYPE_CHECKING:
+    from launcher.planner.speed import Prediction
 
 
 class Status(StrEnum):
@@ -41,6 +46,7 @@ class RejectKind(StrEnum):
     OVER_LIMIT = "over_limit"  # everything but the KV cache already exceeds the limit
     KV_SHORT = "kv_short"  # the KV cache holds fewer sequences than wanted
     LOST = "lost"  # fits; the objective preferred another candidate
+    SLO_MISS = "slo_miss"  # fits; predicted above --max-ttft-ms / --max-itl-ms
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,10 @@ class Rejection:
     chosen_tp: int = 0  # LOST
     chosen_gpus_per_replica: int = 0  # LOST
     own_gpus_per_replica: int = 0  # LOST
+    own_figure: float = math.nan  # LOST: the objective's figure, this one and the chosen's
+    chosen_figure: float = math.nan
+    lost_note: str = ""  # LOST: why a better figure still lost (a tie, a shorter context)
+    slo: tuple[tuple[str, float, float], ...] = ()  # SLO_MISS: (flag, predicted, limit)
 
     def text(self) -> str:
         if self.kind == RejectKind.NO_ROOM and self.budget is not None:
@@ -88,12 +98,34 @@ class Rejection:
                     f"{self.kv_tokens:,} tokens = {self.concurrency:.1f} sequences of "
                     f"{self.max_model_len:,}; {self.wanted} wanted")
         if self.kind == RejectKind.LOST:
-            if self.objective == "latency":
-                return (f"fits ({self.fits_summary}); latency prefers the largest TP "
-                        f"({self.chosen_tp})")
-            return (f"fits ({self.fits_summary}); uses {self.own_gpus_per_replica} GPUs per "
-                    f"replica, the chosen shape {self.chosen_gpus_per_replica}")
+            return f"fits ({self.fits_summary}); {self.lost_by()}"
+        if self.kind == RejectKind.SLO_MISS:
+            return f"fits ({self.fits_summary}) but predicts " + "; ".join(
+                f"{_ms(v)} > {flag} {_ms(lim, unit=False)} ({_ms(v - lim)} over)"
+                for flag, v, lim in self.slo)
         return self.kind.value
+
+    def lost_by(self) -> str:
+        """LOST: how far behind the chosen candidate, in the objective's own figure."""
+        own, won = self.own_figure, self.chosen_figure
+        if math.isnan(own) or math.isnan(won):
+            if self.objective == "latency":
+                return f"latency prefers the largest TP ({self.chosen_tp}) (no speed model)"
+            return (f"uses {self.own_gpus_per_replica} GPUs per replica, the chosen shape "
+                    f"{self.chosen_gpus_per_replica} (no speed model)")
+        if self.objective == "throughput":
+            why = (f"predicts {own:,.0f} output tok/s, "
+                   f"{(own - won) / won:+.0%} against the chosen {won:,.0f}" if won > 0 else
+                   f"predicts {own:,.0f} output tok/s")
+        elif self.objective == "latency":
+            why = (f"predicts {own / 1000:.2f} s per request, "
+                   f"{(own - won) / won:+.0%} over the chosen {won / 1000:.2f} s")
+        else:
+            why = (f"predicts {own:.3g} GPU-hours per million output tokens, "
+                   f"{(own - won) / won:+.0%} over the chosen {won:.3g}")
+        if self.lost_note:
+            why += f" ({self.lost_note})"
+        return why
 
     def to_json(self) -> dict[str, object]:
         return {"kind": str(self.kind), "gpu": self.gpu,
@@ -139,6 +171,7 @@ class Candidate:
     geometry: kvm.KvGeometry | None = None
     kv_capped_for: int | None = None  # CPU: the cache holds this many sequences, not all RAM
     lowered_from: tuple[int, int, Rejection] | None = None  # (tokens, seqs, why) of the batch
+    predicted: Prediction | None = None  # the speed model's figures (fitting candidates)
     notes: tuple[str, ...] = field(default=())
 
     # ---- the configuration, read through ----------------------------------------------
@@ -185,6 +218,9 @@ class Candidate:
 
     @property
     def summary(self) -> str:
+        if self.config.option.spec.linear is not None:  # hybrid: a state per sequence
+            return (f"{int(self.concurrency)} concurrent sequences at "
+                    f"{self.max_model_len:,} tokens per replica")
         return (f"{self.kv_tokens:,} KV tokens = {self.concurrency:.1f} sequences of "
                 f"{self.max_model_len:,} per replica")
 
@@ -229,6 +265,7 @@ class Candidate:
             "concurrency": round(self.concurrency, 2) if ok else None,
             "status": str(self.status), "reason": self.reason,
             "rejection": None if self.rejection is None else self.rejection.to_json(),
+            "predicted": None if self.predicted is None else self.predicted.to_json(),
         }
 
 
@@ -290,6 +327,10 @@ def evaluate(cfg: Config, gpus: list[GpuInfo], cal: EngineCalibration, headroom:
     tokens = (blocks // geo.num_groups) * geo.block_size
     concurrency = blocks / kvm.blocks_per_request(geo, cfg.max_model_len,
                                                   cfg.max_num_batched_tokens)
+    if geo.state_blocks and cal.kv_tokens_log.tokens == "capacity":
+        # Hybrid (recurrent-state) models: a token count per group means nothing; vLLM logs
+        # "GPU KV cache size" as concurrency × max_model_len (get_kv_cache_capacity).
+        tokens = int(concurrency * cfg.max_model_len)
     result = replace(result, budgets=budgets, kv_cache_memory_bytes=kv_cache,
                      kv_room_bytes=room, kv_tokens=tokens, num_blocks=blocks,
                      concurrency=concurrency, geometry=geo, kv_capped_for=capped)
@@ -319,14 +360,6 @@ def _budgets(used: tuple[GpuInfo, ...], stages: list[StageEstimate], cfg: Config
     return tuple(out)
 
 
-def lost_to(c: Candidate, chosen: Candidate, objective: str) -> Candidate:
-    """`c` fits but the objective chose `chosen`."""
-    return replace(c, rejection=Rejection(
-        RejectKind.LOST, fits_summary=c.summary, objective=objective, chosen_tp=chosen.tp,
-        chosen_gpus_per_replica=chosen.gpus_per_replica,
-        own_gpus_per_replica=c.gpus_per_replica))
-
-
 def longest_context(cand: Candidate, low: int, high: int, min_concurrency: int) -> int | None:
     """Longest max_model_len in [low, high] at which the candidate's KV cache still holds
     `min_concurrency` sequences (KV size does not depend on the length), or None."""
@@ -354,3 +387,7 @@ def longest_context(cand: Candidate, low: int, high: int, min_concurrency: int) 
     step = 1024 if lo >= 2048 else geo.block_size
     nice = lo // step * step
     return nice if nice >= low else lo
+
+
+def _ms(v: float, unit: bool = True) -> str:
+    return f"{v:,.1f}{' ms' if unit else ''}" if v < 100 else f"{v:,.0f}{' ms' if unit else ''}"

@@ -13,21 +13,53 @@ from launcher.memory.calibration import Device
 from launcher.memory.components import Component
 from launcher.models.spec import ModelSpec
 from launcher.planner.candidate import Candidate
+from launcher.planner.nodes import LINK_NOTE, crossing_hops, layout_lines, nodes_of
 from launcher.planner.plan import Explanation
 from launcher.planner.request import PlanRequest
-from launcher.planner.search import SearchResult
+from launcher.planner.search import SearchResult, figure
+from launcher.planner.speed import internode_step_ms
+from launcher.speed.workload import Workload
 from launcher.units import GiB
 
 
 def explain(spec: ModelSpec, c: Candidate, found: SearchResult, gpus: Sequence[GpuInfo],
             req: PlanRequest) -> list[Explanation]:
     tried = found.tried
-    out = [_weights(c, tried, found.failed_rungs), _dtype(spec, c), _quantization(c),
-           _kv_dtype(c, req), _tp(c, tried, req), _pp(spec, c, tried, req),
+    out = [_weights(c, tried, found.failed_options), _dtype(spec, c), _quantization(c),
+           _kv_dtype(c, req), _tp(c, tried, req, found.fallback), _pp(spec, c, tried, req),
            *_replicas(c, gpus), _max_model_len(spec, c, tried, req), *_batch(spec, c)]
+    if c.predicted is not None:
+        out.insert(0, _objective(c, tried, req))
     out.append(_kv_bytes(c, req))
     out.extend(_engine_gates(c, req))
+    out.extend(_nodes(c, gpus))
     return out
+
+
+def _nodes(c: Candidate, gpus: Sequence[GpuInfo]) -> list[Explanation]:
+    """Several nodes: how the ranks fall on them, what crosses the link, which node bounds."""
+    nodes = nodes_of(gpus)
+    if not nodes.multi:
+        return []
+    hops = crossing_hops(c.gpus, c.tp, c.pp)
+    if hops:
+        step = internode_step_ms(c, float(c.max_num_seqs))
+        why = (f"TP{c.tp} inside each node of {nodes.gpus_per_node} GPUs, PP{c.pp} stages "
+               f"fill the nodes in order: {hops} stage boundar{'y' if hops == 1 else 'ies'} "
+               f"per replica cross{'es' if hops == 1 else ''} the link between nodes "
+               f"(charged ≤ {step:.2f} ms per decode step at {c.max_num_seqs} sequences); "
+               + LINK_NOTE)
+    else:
+        why = (f"each replica's TP{c.tp}×PP{c.pp} sits inside one node; {c.dp} replicas "
+               f"spread over {nodes.count} nodes, nothing but requests crosses the link")
+    by_gpu = {g.index: g.node for g in c.gpus}
+    tight = min(c.budgets, key=lambda b: b.room_bytes, default=None)
+    if tight is not None and len({g.used_bytes for g in c.gpus}) > 1:
+        why += (f"; the tightest GPU ({tight.index}, node {by_gpu.get(tight.index, 0)}) "
+                "bounds the KV cache of every rank")
+    layout = "; ".join(layout_lines(c.gpus, c.tp, c.pp))
+    return [Explanation("nnodes", nodes.count, why),
+            Explanation("gpus_per_node", nodes.gpus_per_node, layout)]
 
 
 def _why_not(cands: Sequence[Candidate]) -> str:
@@ -37,18 +69,66 @@ def _why_not(cands: Sequence[Candidate]) -> str:
 
 
 def _weights(c: Candidate, tried: Sequence[Candidate],
-             failed_rungs: Sequence[str]) -> Explanation:
+             failed_options: Sequence[str]) -> Explanation:
     failed: dict[str, list[Candidate]] = {}
     for t in tried:
-        if t.rung in failed_rungs:
+        if t.option.label in failed_options:
             failed.setdefault(t.option.label, []).append(t)
     steps = "; ".join(f"{label} rejected {_why_not(cs)}" for label, cs in failed.items()
                       if label != c.option.label)
-    same = failed.get(c.option.label)
     return Explanation("weights", c.option.label,
-                       "highest precision that fits" + (f" — {steps}" if steps else "")
-                       + (f"; at full context and model-dtype KV it did not: {_why_not(same)}"
-                          if same else ""))
+                       "highest precision that fits" + (f" — {steps}" if steps else ""))
+
+
+def _fmt(v: float, objective: str) -> str:
+    if objective == "throughput":
+        return f"{v:,.0f} output tok/s"
+    if objective == "latency":
+        return f"{v / 1000:.2f} s per request"
+    return f"{v:.3g} GPU-h per million output tokens"
+
+
+def workload_text(w: Workload) -> str:
+    """"1,024 → 256 tokens, all 1,000 prompts at once"."""
+    load = (f"{w.concurrency} in flight" if w.concurrency is not None and not w.open_loop
+            else f"{w.request_rate:g} requests/s" if w.open_loop
+            else f"all {w.prompts:,} prompts at once")
+    return f"{w.input_len:,} → {w.output_len:,} tokens per request, {load}"
+
+
+def _objective(c: Candidate, tried: Sequence[Candidate], req: PlanRequest) -> Explanation:
+    """The chosen candidate's predicted figures and by how much every other fitting one
+    loses on the objective's figure."""
+    p = c.predicted
+    assert p is not None
+    w = req.workload
+    mine = figure(c, req.objective)
+    assert mine is not None
+    why = (f"{req.objective}: predicted {_fmt(mine, req.objective)}"
+           + (f" ({p.latency_basis})" if req.objective == "latency" else "")
+           + f" for {workload_text(w)}: TTFT {p.ttft_ms:,.0f} ms, ITL {p.itl_ms:.1f} ms, "
+           f"{p.output_tokens_per_s:,.0f} output tok/s over {c.dp} "
+           f"replica{'s' if c.dp > 1 else ''}, limited by {p.bound}")
+    if p.latency_basis != "the workload" and req.objective != "throughput":
+        why += (f"; one request alone: TTFT {p.basis_ttft_ms:,.0f} ms, ITL "
+                f"{p.basis_itl_ms:.1f} ms (all prompts at once measure throughput, not "
+                "latency)")
+    others = [t for t in tried if t.feasible and t is not c and t.predicted is not None]
+    losers = []
+    for t in sorted(others, key=lambda t: abs((figure(t, req.objective) or 0) - mine)):
+        f = figure(t, req.objective)
+        if f is None or mine == 0:
+            continue
+        rel = (f - mine) / mine
+        losers.append(f"TP{t.tp}×PP{t.pp}×DP{t.dp}"
+                      + (f" at {t.max_model_len:,} ctx" if t.max_model_len != c.max_model_len
+                         else "") + f" {_fmt(f, req.objective)} ({rel:+.0%})")
+    if losers:
+        why += "; others: " + ", ".join(losers)
+    slo = [t for t in tried if t.rejection is not None and t.rejection.slo]
+    if slo:
+        why += f"; {len(slo)} fitting shape(s) miss the service levels"
+    return Explanation("objective", req.objective, why)
 
 
 def _dtype(spec: ModelSpec, c: Candidate) -> Explanation:
@@ -71,16 +151,25 @@ def _kv_dtype(c: Candidate, req: PlanRequest) -> Explanation:
     return Explanation("kv_cache_dtype", c.kv_cache_dtype, why)
 
 
-def _tp(c: Candidate, tried: Sequence[Candidate], req: PlanRequest) -> Explanation:
+def _tp(c: Candidate, tried: Sequence[Candidate], req: PlanRequest,
+        fallback: bool) -> Explanation:
     if req.tp:
         return Explanation("tensor_parallel_size", c.tp, f"--tp {req.tp}")
-    if req.objective == "latency":
+    mark = " (no speed model)" if fallback else ""
+    if c.predicted is None and req.objective == "latency":
         return Explanation("tensor_parallel_size", c.tp,
-                           f"largest valid tensor-parallel size that fits ({c.tp}), for latency")
-    why = (f"fewest GPUs per replica that hold {c.max_model_len:,} tokens × "
-           f"{req.min_concurrency} sequences")
-    smaller = [t for t in tried if t.rung == c.rung and t.gpus_per_replica < c.gpus_per_replica
-               and not t.feasible]
+                           f"largest valid tensor-parallel size that fits ({c.tp}), for "
+                           f"latency{mark}")
+    if c.predicted is None:
+        why = (f"fewest GPUs per replica that hold {c.max_model_len:,} tokens × "
+               f"{req.min_concurrency} sequences{mark}")
+    else:
+        mine = figure(c, req.objective)
+        assert mine is not None
+        why = f"best predicted {req.objective} among the shapes that fit " \
+              f"({_fmt(mine, req.objective)})"
+    smaller = [t for t in tried if t.option is c.option
+               and t.gpus_per_replica < c.gpus_per_replica and not t.feasible]
     if smaller:
         s = max(smaller, key=lambda t: t.gpus_per_replica)
         why += f"; TP{s.tp}×PP{s.pp} rejected: {s.reason}"
@@ -91,13 +180,23 @@ def _pp(spec: ModelSpec, c: Candidate, tried: Sequence[Candidate],
         req: PlanRequest) -> Explanation:
     if req.pp:
         return Explanation("pipeline_parallel_size", c.pp, f"--pp {req.pp}")
+    staged = [t for t in tried if t.feasible and t.pp > 1 and t.predicted is not None]
     if c.pp == 1:
+        mine = figure(c, req.objective)
+        if mine is None or not staged:
+            return Explanation("pipeline_parallel_size", 1,
+                               "tensor parallel inside one node comes first")
+        best = min(staged, key=lambda t: abs((figure(t, req.objective) or 0) - mine))
+        f = figure(best, req.objective) or 0.0
         return Explanation("pipeline_parallel_size", 1,
-                           "tensor parallel inside one node comes first")
+                           f"no pipeline stages: the nearest staged shape, TP{best.tp}×"
+                           f"PP{best.pp}×DP{best.dp}, predicts {_fmt(f, req.objective)} "
+                           f"({(f - mine) / mine:+.0%})" if mine else "no pipeline stages")
     why = f"{c.pp} stages split the layers"
     if spec.mla is not None:
         why += " and with them the MLA cache, which tensor parallelism does not split"
-    tp_only = [t for t in tried if t.rung == c.rung and t.pp == 1 and not t.feasible]
+    tp_only = [t for t in tried if t.option is c.option and t.pp == 1 and not t.feasible
+               and t.max_model_len >= c.max_model_len]
     if tp_only:
         b = max(tp_only, key=lambda t: t.tp)
         why += f"; TP{b.tp} alone: {b.reason}"
@@ -112,7 +211,9 @@ def _replicas(c: Candidate, gpus: Sequence[GpuInfo]) -> list[Explanation]:
                     f"replica{'s' if c.dp > 1 else ''}"
                     + (f"; {spare} GPU(s) left idle" if spare else "")),
         Explanation("gpus", [b.index for b in c.budgets],
-                    "most free memory first" + (f"; {spare} left unused" if spare else "")),
+                    ("node by node, most free memory first inside each"
+                     if len({g.node for g in c.gpus}) > 1 else "most free memory first")
+                    + (f"; {spare} left unused" if spare else "")),
     ]
 
 

@@ -10,6 +10,7 @@ attributes; JSON is only for the edges (CLI `--json`, report, control API).
 from __future__ import annotations
 
 import shlex
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -20,6 +21,7 @@ from launcher.models.spec import ModelSpec
 from launcher.planner.candidate import Candidate
 from launcher.planner.options import Unavailable
 from launcher.planner.request import PlanRequest
+from launcher.speed.price import Price
 
 SCHEMA = "launcher-plan/1"
 
@@ -85,6 +87,10 @@ class LaunchDecision:
     kv_cache_memory_bytes: int
     gpu_memory_utilization: float | None  # None on the CPU backend (not passed)
     enforce_eager: bool
+    # Nodes the engine runs on and the devices it uses on each (vLLM --nnodes; the per-node
+    # commands come from launcher.engines.multinode). 1 and TP×PP×DP on one machine.
+    nnodes: int = 1
+    gpus_per_node: int = 1
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -101,6 +107,11 @@ class Capacity:
     full_length_sequences_total: int
     concurrency_per_replica: float
     replicas: int
+    # Hybrid models (Gated DeltaNet / Mamba): what one sequence's recurrent state takes on a GPU
+    # (every state layer, before vLLM pads it to a page), and the sequences of max_model_len
+    # held at once; None for attention-only models, whose capacity is a token count.
+    state_bytes_per_sequence: int | None = None
+    concurrent_sequences_per_replica: int | None = None
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -161,6 +172,7 @@ class Plan:
     engine: EngineCommand | None = None  # set by the engine adapter
     inventory_source: str = ""
     settings: Mapping[str, Any] | None = None  # option → {value, source} (launcher.settings)
+    price: Price | None = None  # --price-file's entry for the GPU type planned on
 
     @property
     def device(self) -> Device:
@@ -188,7 +200,31 @@ class Plan:
             kv_cache_memory_bytes=c.kv_cache_memory_bytes,
             gpu_memory_utilization=None if self.device == Device.CPU
             else c.gpu_memory_utilization,
-            enforce_eager=self.request.enforce_eager)
+            enforce_eager=self.request.enforce_eager,
+            nnodes=len({g.node for g in c.gpus}) or 1,
+            gpus_per_node=max(Counter(g.node for g in c.gpus).values(), default=1))
+
+    def nodes(self) -> list[dict[str, object]]:
+        """Per node, the GPUs the plan uses there (global and node-local indices) and the
+        replicas and pipeline stages they run: what each node's command needs."""
+        c = self.chosen
+        if c is None:
+            return []
+        n = c.gpus_per_replica
+        out: dict[int, dict[str, Any]] = {}
+        # global index = the node's offset + its CUDA index (node 0 starts at 0; a multi-node
+        # plan uses every GPU of every other node, so its lowest index is the offset)
+        offset = {k: 0 if k == 0 else min(g.index for g in c.gpus if g.node == k)
+                  for k in {g.node for g in c.gpus}}
+        for i, g in enumerate(c.gpus):
+            e = out.setdefault(g.node, {"node": g.node, "gpus": [], "local_gpus": [],
+                                        "replicas": [], "pipeline_stages": []})
+            e["gpus"].append(g.index)
+            e["local_gpus"].append(g.index - offset[g.node])
+            for key, v in (("replicas", i // n), ("pipeline_stages", (i % n) // c.tp)):
+                if v not in e[key]:
+                    e[key].append(v)
+        return [out[k] for k in sorted(out)]
 
     @property
     def capacity(self) -> Capacity | None:
@@ -196,12 +232,30 @@ class Plan:
         if c is None:
             return None
         per = int(c.concurrency)
+        linear = c.option.spec.linear
+        state = c.geometry.state_page_bytes * len(linear.layers) \
+            if linear is not None and c.geometry is not None else None
         return Capacity(
             kv_tokens_per_replica=c.kv_tokens, kv_tokens_total=c.kv_tokens * c.dp,
             num_blocks=c.num_blocks, block_size=c.geometry.block_size if c.geometry else None,
             max_model_len=c.max_model_len, full_length_sequences_per_replica=per,
             full_length_sequences_total=per * c.dp,
-            concurrency_per_replica=round(c.concurrency, 2), replicas=c.dp)
+            concurrency_per_replica=round(c.concurrency, 2), replicas=c.dp,
+            state_bytes_per_sequence=state,
+            concurrent_sequences_per_replica=per if state is not None else None)
+
+    def cost(self) -> dict[str, object] | None:
+        """What the GPUs the plan uses cost, from the price file (null without a price)."""
+        c, price = self.chosen, self.price
+        if c is None or price is None:
+            return None
+        gpus = c.tp * c.pp * c.dp
+        p = c.predicted
+        return {"usd_per_gpu_hour": price.usd_per_gpu_hour, "gpus": gpus,
+                "usd_per_hour": round(price.usd_per_gpu_hour * gpus, 4),
+                "usd_per_million_tokens": None if p is None
+                else round(p.usd_per_million_tokens(price.usd_per_gpu_hour), 4),
+                "price_date": price.date, "price_source": price.source}
 
     def with_engine(self, engine: EngineCommand) -> Plan:
         return replace(self, engine=engine)
@@ -224,9 +278,13 @@ class Plan:
             "device": str(self.device),
             "headroom": self.headroom,
             "decision": decision.to_json() if decision else None,
+            "nodes": self.nodes(),
             "weights": self.chosen.option.label if self.chosen else None,
             "gpus": [b.to_json() for b in self.budgets],
             "capacity": capacity.to_json() if capacity else None,
+            "predicted": self.chosen.predicted.to_json()
+            if self.chosen and self.chosen.predicted else None,
+            "cost": self.cost(),
             "engine": self.engine.to_json() if self.engine else None,
             "decisions": [d.to_json() for d in self.decisions],
             "candidates": [c.to_json() for c in self.candidates],

@@ -6,11 +6,13 @@ only ever answers "fits" or "does not fit" (exit 3).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from launcher.errors import InputError
 from launcher.memory.calibration import Device
 from launcher.policy import (
+    CHAT_INPUT_LEN,
+    CHAT_OUTPUT_LEN,
     DEFAULT_HEADROOM,
     DEFAULT_MIN_CONCURRENCY,
     DEFAULT_MIN_CONTEXT,
@@ -19,6 +21,12 @@ from launcher.policy import (
     OBJECTIVES,
     QUANTIZATION_CHOICES,
 )
+from launcher.speed.workload import Workload
+
+
+def chat_workload() -> Workload:
+    """The workload a plan is predicted for when none is given: chat turns."""
+    return Workload(input_len=CHAT_INPUT_LEN, output_len=CHAT_OUTPUT_LEN)
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,10 @@ class PlanRequest:
     tp: int | None = None  # None = auto
     pp: int | None = None
     objective: str = "throughput"  # one of OBJECTIVES
+    # Service levels (ms): candidates predicted above them lose; None = no limit.
+    max_ttft_ms: float | None = None
+    max_itl_ms: float | None = None
+    workload: Workload = field(default_factory=chat_workload)  # what speed is predicted for
     enforce_eager: bool = False
     device: Device = Device.CUDA  # CPU: vLLM's CPU backend, budget = host memory
     # Bytes per device added to the runtime budget: the correction a failed launch taught
@@ -61,19 +73,29 @@ class PlanRequest:
             raise InputError(f"--kv-cache-dtype {self.kv_cache_dtype!r} is not auto or fp8",
                              fix="Use auto (planner decides) or fp8.")
         if self.objective not in OBJECTIVES:
-            raise InputError(f"--objective {self.objective!r} is not throughput or latency",
-                             fix="Use --objective throughput or --objective latency.")
+            raise InputError(f"--objective {self.objective!r} is not one of "
+                             f"{', '.join(OBJECTIVES)}",
+                             fix="Use --objective throughput, latency or cost.")
+        for flag, ms in (("--max-ttft-ms", self.max_ttft_ms), ("--max-itl-ms", self.max_itl_ms)):
+            if ms is not None and not ms > 0:
+                raise InputError(f"{flag} {ms} is not above 0",
+                                 fix=f"Give the service level in milliseconds, e.g. {flag} 200.")
         if self.device not in tuple(Device):
             raise InputError(f"--device {self.device!r} is not cuda or cpu",
                              fix="Use --device auto, cuda or cpu.")
-        if self.device == Device.CPU and ((self.tp or 1) > 1 or (self.pp or 1) > 1):
-            raise InputError("--tp/--pp above 1 on the CPU backend",
-                             fix="The launcher runs vLLM's CPU backend on one NUMA node; use "
-                                 "--tp 1 --pp 1.")
         for name, v in (("--tp", self.tp), ("--pp", self.pp)):
             if v is not None and v < 1:
                 raise InputError(f"{name} {v} is below 1", fix=f"Use {name} auto or a positive size.")
         _check_length("--max-model-len", self.max_model_len, model_max_len, 8192)
+        w, cap = self.workload, self.context_cap(model_max_len)
+        if w.input_len + w.output_len > cap and w != chat_workload():
+            where = "--max-model-len" if self.max_model_len else "the model's maximum context"
+            raise InputError(
+                f"--input-len {w.input_len:,} + --output-len {w.output_len:,} = "
+                f"{w.input_len + w.output_len:,} tokens per request exceed {where} ({cap:,}): "
+                "vLLM refuses such requests, so no speed can be predicted for them",
+                fix=f"Describe requests of at most {cap:,} tokens in all (the workload is what "
+                    "speed is predicted for).")
         _check_length("--min-context", self.min_context, model_max_len, 4096)
         if self.min_context is not None and self.max_model_len is not None \
                 and self.min_context > self.max_model_len:
@@ -91,7 +113,7 @@ class PlanRequest:
         return min(floor, cap)
 
     def to_json(self) -> dict[str, object]:
-        return {**asdict(self), "device": str(self.device)}
+        return {**asdict(self), "device": str(self.device), "workload": self.workload.to_json()}
 
 
 def _check_length(flag: str, value: int | None, model_max_len: int, example: int) -> None:

@@ -20,7 +20,8 @@ Section = dict[str, tuple[str, str]]  # key → (type, meaning)
 TOP: Section = {
     "schema": ("string", f"`{SCHEMA}`"),
     "feasible": ("bool", "a configuration holds the model with the headroom on every GPU"),
-    "reason": ("string \\| null", "why nothing fits (numbers of the closest candidate); null "
+    "reason": ("string \\| null", "why nothing fits (numbers of the closest candidate), or "
+                                  "by how much the closest misses the service levels; null "
                                   "when feasible"),
     "model": ("object", "the model (below)"),
     "engine_version": ("string", "calibrated vLLM version planned for"),
@@ -34,16 +35,32 @@ TOP: Section = {
     "device": ("string", "`cuda`, or `cpu` for vLLM's CPU backend"),
     "headroom": ("number", "fraction of each GPU's total that stays free"),
     "decision": ("object \\| null", "the engine's arguments, under vLLM's own names (below)"),
+    "nodes": ("array", "per node the plan uses: `{node, gpus, local_gpus, replicas, "
+                       "pipeline_stages}` (global GPU indices, the node's own CUDA indices, "
+                       "and what they run); one entry on one machine, empty when nothing "
+                       "fits"),
     "weights": ("string \\| null", "the chosen precision in words, e.g. `fp8 W8A8 (online)`"),
     "gpus": ("array", "one entry per GPU used (below)"),
     "capacity": ("object \\| null", "what the KV cache holds (below)"),
+    "cost": ("object \\| null", "with `--price-file` and a price for the GPU type: "
+                               "`{usd_per_gpu_hour, gpus, usd_per_hour, "
+                               "usd_per_million_tokens, price_date, price_source}` for the "
+                               "GPUs the plan uses; null otherwise"),
+    "predicted": ("object \\| null", "the speed model's figures for the chosen configuration "
+                                    "and `request.workload` (below); null when nothing fits "
+                                    "or the device has no speed figures"),
     "engine": ("object \\| null", "the exact command (below); null when nothing fits"),
     "decisions": ("array", "`{name, value, reason}` for every number of `decision`, plus "
                            "`weights` and `gpus`"),
     "candidates": ("array", "every configuration sized, with why it lost (below)"),
     "unavailable": ("array", "weight precisions not tried, each `{key, label, level, reason}`"),
-    "suggestions": ("array of string", "when nothing fits: the smallest GPU counts that would, "
-                                       "per precision, or the host memory the CPU backend needs"),
+    "suggestions": ("array of string", "when nothing fits, every way out with its numbers: "
+                                       "the smallest GPU counts per precision on this and "
+                                       "larger GPU types, the headroom at which it would fit "
+                                       "here, a shorter context, fewer sequences, a lower "
+                                       "precision; or the host memory the CPU backend needs; "
+                                       "or, when only the service levels are missed, the "
+                                       "fastest configuration's figures"),
     "notes": ("array of string", "assumptions (simulated GPUs, unverified configs), MLA, batch "
                                  "lowered, KV sized for the batch, \"calibrated from N boots "
                                  "on this host (+X GiB runtime per device)\", …"),
@@ -74,7 +91,12 @@ REQUEST: Section = {
     "kv_cache_dtype": ("string", "`--kv-cache-dtype` (`auto`: the planner may use fp8)"),
     "tp": ("int \\| null", "`--tp`; null = auto"),
     "pp": ("int \\| null", "`--pp`; null = auto"),
-    "objective": ("string", "`throughput` or `latency`"),
+    "objective": ("string", "`--objective`: `throughput`, `latency` or `cost`"),
+    "max_ttft_ms": ("number \\| null", "`--max-ttft-ms` service level; null = none"),
+    "max_itl_ms": ("number \\| null", "`--max-itl-ms` service level; null = none"),
+    "workload": ("object", "what speed is predicted for: `{input_len, output_len, "
+                           "concurrency, request_rate, num_prompts}` (`request_rate` `\"inf\"`: "
+                           "all at once; null: not given); chat defaults unless given"),
     "enforce_eager": ("bool", "`--enforce-eager`"),
     "device": ("string", "`cuda` or `cpu`"),
     "reserve_bytes": ("int", "extra bytes per device in the runtime budget: what a failed "
@@ -104,6 +126,10 @@ DECISION: Section = {
                                                              "`free ≥ U·T`; ≤ 1 − headroom; "
                                                              "null on the CPU backend"),
     "enforce_eager": ("`--enforce-eager`", ""),
+    "nnodes": ("`--nnodes`", "nodes the engine runs on (1: one machine); TP stays inside a "
+                             "node, PP stages cross nodes (`nodes`)"),
+    "gpus_per_node": ("", "devices the engine uses on each node (TP × PP × DP on one "
+                          "machine): what `launcher.engines.multinode.node_command` needs"),
 }
 
 GPU: Section = {
@@ -132,6 +158,10 @@ CAPACITY: Section = {
     "full_length_sequences_total": ("int", "over all replicas"),
     "concurrency_per_replica": ("number", "vLLM's \"Maximum concurrency\" figure"),
     "replicas": ("int", "data-parallel replicas"),
+    "state_bytes_per_sequence": ("int \\| null", "hybrid models (Mamba / Gated DeltaNet): one "
+                                 "sequence's recurrent state per GPU; null otherwise"),
+    "concurrent_sequences_per_replica": ("int \\| null", "hybrid models: sequences of "
+                                         "max_model_len held at once (their capacity)"),
 }
 
 ENGINE: Section = {
@@ -156,13 +186,39 @@ CANDIDATE: Section = {
     "kv_cache_memory_bytes": ("int \\| null", "null when it did not fit"),
     "kv_tokens": ("int \\| null", "null when it did not fit"),
     "concurrency": ("number \\| null", "full-length sequences held; null when it did not fit"),
-    "status": ("string", "`chosen`, `fits` or `rejected`"),
+    "status": ("string", "`chosen`, `fits` or `rejected` (memory, or the service levels)"),
     "reason": ("string", "why, in numbers (rendered from `rejection`)"),
     "rejection": ("object \\| null", "`{kind, gpu, component, short_bytes}`: `kind` is "
-                                     "`no_room`, `engine_refuses`, `over_limit`, `kv_short` "
-                                     "or `lost`; `gpu` the GPU that decided it; `component` "
+                                     "`no_room`, `engine_refuses`, `over_limit`, `kv_short`, "
+                                     "`slo_miss` (fits, predicted above `--max-ttft-ms` / "
+                                     "`--max-itl-ms`) or `lost` (fits, the objective chose "
+                                     "another; `reason` says by how much); `gpu` the GPU "
+                                     "that decided it; `component` "
                                      "its largest memory component (`kv_cache` when the "
                                      "cache is short); `short_bytes` by how much it missed"),
+    "predicted": ("object \\| null", "the speed model's figures (below); null when it did "
+                                    "not fit memory or the device has no speed figures"),
+}
+
+PREDICTED: Section = {
+    "ttft_ms": ("number", "mean time to first token under `request.workload`, queueing "
+                          "included"),
+    "itl_ms": ("number", "mean time between tokens of one answer under the workload"),
+    "output_tokens_per_s": ("number", "output tokens per second, all replicas together"),
+    "output_tokens_per_s_per_user": ("number", "decode speed one client sees (1000 / ITL)"),
+    "requests_per_s": ("number", "requests finished per second, all replicas"),
+    "request_latency_ms": ("number", "TTFT + (output_len − 1) × ITL on `latency_basis`: what "
+                                     "`--objective latency` ranks by"),
+    "latency_basis": ("string", "`the workload`, or `one request at a time` when the workload "
+                                "sends all prompts at once (a queue measures throughput)"),
+    "basis_ttft_ms": ("number", "TTFT on `latency_basis`: what `--max-ttft-ms` is judged by"),
+    "basis_itl_ms": ("number", "ITL on `latency_basis`: what `--max-itl-ms` is judged by"),
+    "gpu_hours_per_million_tokens": ("number", "GPUs used × hours per million output tokens: "
+                                               "what `--objective cost` ranks by (× the "
+                                               "price per GPU-hour = USD)"),
+    "gpus": ("int", "GPUs the configuration occupies (TP × PP × DP)"),
+    "bound": ("string", "what limits it: `memory_bandwidth`, `compute`, `interconnect`, "
+                        "`kv_capacity` or `scheduler`"),
 }
 
 SECTIONS: tuple[tuple[str, str, Section], ...] = (
@@ -174,6 +230,9 @@ SECTIONS: tuple[tuple[str, str, Section], ...] = (
     ("`capacity`", "", CAPACITY),
     ("`engine`", "", ENGINE),
     ("`candidates[]`", "", CANDIDATE),
+    ("`predicted` (top level and `candidates[].predicted`)",
+     "From `launcher.speed` (the fitted speed model) for the candidate's own numbers.",
+     PREDICTED),
 )
 
 # The typed objects and their documented sections must name the same keys.

@@ -48,6 +48,28 @@ def legend() -> Text:
     return t
 
 
+def _nodes_text(p: dict) -> Text:
+    """The layout per node: which GPUs run which replica and pipeline stage."""
+    d = p["decision"]
+    t = Text(f"nodes: {d['nnodes']} × {d['gpus_per_node']} GPUs "
+             f"(TP{d['tensor_parallel_size']} inside a node, PP{d['pipeline_parallel_size']} "
+             f"× DP{d['data_parallel_size']} over the nodes)\n", style="bold")
+    for n in p["nodes"]:
+        stages = ", ".join(str(s) for s in n["pipeline_stages"])
+        replicas = ", ".join(str(r) for r in n["replicas"])
+        t.append(f"  node {n['node']}: GPUs {_span(n['gpus'])} (local "
+                 f"{_span(n['local_gpus'])}) · replica{'s' if len(n['replicas']) > 1 else ''} "
+                 f"{replicas} · stage{'s' if len(n['pipeline_stages']) > 1 else ''} "
+                 f"{stages}\n")
+    return t
+
+
+def _span(ix: list[int]) -> str:
+    if len(ix) > 1 and ix == list(range(ix[0], ix[-1] + 1)):
+        return f"{ix[0]}-{ix[-1]}"
+    return ",".join(str(i) for i in ix)
+
+
 def plan_view(p: dict) -> Group:
     parts: list[RenderableType] = []
     m = p["model"]
@@ -59,13 +81,26 @@ def plan_view(p: dict) -> Group:
         parts.append(_decision_table(p))
         parts.append(_budget_table(p))
         parts.append(_bars(p))
+        if len(p.get("nodes") or []) > 1:
+            parts.append(_nodes_text(p))
         c = p["capacity"]
-        parts.append(Text(
-            f"capacity: {c['kv_tokens_per_replica']:,} KV tokens per replica "
-            f"({c['kv_tokens_total']:,} in total) = {c['full_length_sequences_per_replica']} "
-            f"sequences of {c['max_model_len']:,} tokens at once per replica, "
-            f"{c['full_length_sequences_total']} in total over {c['replicas']} "
-            f"replica{'s' if c['replicas'] > 1 else ''}"))
+        if c.get("concurrent_sequences_per_replica") is not None:
+            parts.append(Text(
+                f"capacity: {c['concurrent_sequences_per_replica']} concurrent sequences at "
+                f"{c['max_model_len']:,} tokens per replica "
+                f"({c['concurrent_sequences_per_replica'] * c['replicas']} in total); each "
+                f"keeps {c['state_bytes_per_sequence'] / 2**20:,.1f} MiB of recurrent state "
+                f"per GPU, KV blocks of {c['block_size']} tokens"))
+        else:
+            parts.append(Text(
+                f"capacity: {c['kv_tokens_per_replica']:,} KV tokens per replica "
+                f"({c['kv_tokens_total']:,} in total) = "
+                f"{c['full_length_sequences_per_replica']} sequences of "
+                f"{c['max_model_len']:,} tokens at once per replica, "
+                f"{c['full_length_sequences_total']} in total over {c['replicas']} "
+                f"replica{'s' if c['replicas'] > 1 else ''}"))
+        if p.get("predicted"):
+            parts.append(Text(predicted_line(p)))
         if p.get("engine"):
             parts.append(Text("command:", style="bold"))
             parts.append(Text("  " + p["engine"]["shell"], overflow="fold"))
@@ -80,6 +115,22 @@ def plan_view(p: dict) -> Group:
     for n in p["notes"]:
         parts.append(Text(f"note: {n}", style="dim"))
     return Group(*parts)
+
+
+def predicted_line(p: dict) -> str:
+    """The speed model's figures for the chosen configuration (and its cost, when priced)."""
+    s, w = p["predicted"], p["request"]["workload"]
+    line = (f"predicted for {w['input_len']:,} → {w['output_len']:,} tokens per request: "
+            f"{s['output_tokens_per_s']:,.0f} output tok/s, TTFT {s['ttft_ms']:,.0f} ms, "
+            f"ITL {s['itl_ms']:.1f} ms (limited by {s['bound']}); one request "
+            f"{s['request_latency_ms'] / 1000:.2f} s ({s['latency_basis']})")
+    cost = p.get("cost")
+    if cost:
+        line += (f"; ${cost['usd_per_hour']:,.2f}/h for {cost['gpus']} GPUs"
+                 + ("" if cost["usd_per_million_tokens"] is None else
+                    f", ${cost['usd_per_million_tokens']:,.3f} per million output tokens")
+                 + f" (price of {cost['price_date']})")
+    return line
 
 
 def _decision_table(p: dict) -> Table:
@@ -130,11 +181,14 @@ def _candidates_table(p: dict) -> Table:
     t.add_column("TP×PP×DP", no_wrap=True)
     t.add_column("max len", justify="right", no_wrap=True)
     t.add_column("seqs", justify="right", no_wrap=True)
+    t.add_column("tok/s", justify="right", no_wrap=True)
     t.add_column("result", overflow="fold", ratio=1)
     for c in p["candidates"]:
         mark = {"chosen": "✔", "fits": "○"}.get(c["status"], "✘")
         t.add_row(mark, c["rung"], f"{c['tensor_parallel_size']}×{c['pipeline_parallel_size']}"
                   f"×{c['data_parallel_size']}", f"{c['max_model_len']:,}",
                   "–" if c["concurrency"] is None else f"{c['concurrency']:.1f}",
+                  "–" if not c.get("predicted") else
+                  f"{c['predicted']['output_tokens_per_s']:,.0f}",
                   c["reason"], style="bold green" if c["status"] == "chosen" else None)
     return t
