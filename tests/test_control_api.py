@@ -127,8 +127,35 @@ def test_metrics_parse_and_equal_the_report(served: Served) -> None:
     assert 0 < head.value < 1
 
 
+def test_speed_is_measured_before_ready_and_exported(served: Served) -> None:
+    h = served.auth()
+    # the load runs between verification and readiness: no user shares it
+    seen = [b["phase"] for _, c, b in served.readiness if c == 503]
+    assert seen[-1] == "measuring_speed", seen[-5:]
+    speed = httpx.get(f"{served.api}/speed", headers=h, timeout=10).json()
+    report = httpx.get(f"{served.api}/report", headers=h, timeout=10).json()
+    m = speed["measured"]
+    assert m == report["attempts"][-1]["speed"]["measured"]
+    assert m["ok"] and m["itl_ms"]["mean"] > 0 and m["ttft_ms"]["n"] >= 1
+    assert m["output_tokens_per_s"] > 0 and m["output_tokens_per_s_per_user"] > 0
+    assert m["load"]["concurrency"] == report["plan"]["decision"]["max_num_seqs"]
+    fams = {f.name: f for f in text_string_to_metric_families(
+        httpx.get(f"{served.api}/metrics", headers=h, timeout=10).text)}
+    itl = {s.labels["stat"]: s.value for s in fams["launcher_measured_itl_seconds"].samples}
+    assert itl["mean"] == pytest.approx(m["itl_ms"]["mean"] / 1000)
+    assert itl["p50"] <= itl["p90"]
+    tps = fams["launcher_measured_output_tokens_per_second"].samples[0].value
+    assert tps == pytest.approx(m["output_tokens_per_s"])
+    # the engine's own /metrics, sampled live by the monitor since
+    live = speed["live"]
+    assert live["samples"] >= 3 and live["latest"]["kv_cache_usage"] is not None
+    assert max(p["output_tokens_per_s"] or 0 for p in live["series"]) > 0  # the load
+    assert fams["launcher_live_requests_running"].samples[0].value >= 0
+    assert 0 <= fams["launcher_live_kv_cache_usage_ratio"].samples[0].value <= 1
+
+
 def test_token_is_enforced_except_on_probes(served: Served) -> None:
-    for path in ("/plan", "/report", "/gpus", "/metrics", "/"):
+    for path in ("/plan", "/report", "/speed", "/gpus", "/metrics", "/"):
         assert httpx.get(served.api + path, timeout=10).status_code == 401, path
         bad = {"Authorization": "Bearer not-the-token"}
         assert httpx.get(served.api + path, headers=bad, timeout=10).status_code == 401, path
@@ -163,7 +190,7 @@ def test_status_page_in_headless_chromium(served: Served) -> None:
     flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
              "--no-first-run", "--disable-background-networking", "--disable-component-update",
              "--disable-sync", f"--user-data-dir={served.tmp / 'chromium'}",
-             "--window-size=1200,900"]
+             "--window-size=1200,1600"]
     out = subprocess.run([*flags, f"--screenshot={shot}", page.as_uri()], capture_output=True,
                          timeout=120)
     assert shot.exists() and shot.stat().st_size > 10_000, out.stderr[-2000:]
@@ -190,6 +217,45 @@ def test_status_page_in_headless_chromium(served: Served) -> None:
         kinds = {b["data-kind"] for b in found["bar"] if b["data-device"] == str(g["index"])}
         assert kinds == {"planned", "measured"}
     assert 'data-ready="true"' in dom and "Configuration and why" in dom
+    # the speed measured at start and the engine's live series, drawn as charts
+    charts = _charts_render_with_data(chromium, flags, dom, served.tmp)
+    assert {"output_tokens_per_s", "requests", "kv_cache_usage"} <= set(charts)
+    assert float(charts["output_tokens_per_s"]["data-max"]) > 0  # the start-up load's tokens
+    assert all(int(c["data-points"]) >= 2 for c in charts.values())
+    assert 'id="speed"' in dom and 'data-figure="itl_ms"' in dom
+
+
+def _charts_render_with_data(chromium: str, flags: list[str], dom: str,
+                             tmp: Path) -> dict[str, dict]:
+    """The charts as Chromium parsed them, and proof that their lines draw: the charts alone,
+    screenshotted with and without their series, differ."""
+    import re
+    from html.parser import HTMLParser
+
+    charts: dict[str, dict] = {}
+
+    class P(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            if tag == "svg" and "data-chart" in a:
+                charts[a["data-chart"]] = a
+
+    P().feed(dom)
+    block = re.search(r'<div class="charts">.*?</svg></figure></div>', dom, re.S)
+    assert block, "no charts in the page"
+    bare = re.sub(r"<polyline[^>]*>(</polyline>)?|<circle[^>]*>(</circle>)?", "", block.group(0))
+    shots = []
+    for name, body in (("with", block.group(0)), ("without", bare)):
+        page = tmp / f"charts-{name}.html"
+        page.write_text(f'<!doctype html><html><head><meta charset="utf-8"></head>'
+                        f"<body>{body}</body></html>")
+        shot = tmp / f"charts-{name}.png"
+        out = subprocess.run([*flags, f"--screenshot={shot}", page.as_uri()],
+                             capture_output=True, timeout=120)
+        assert shot.exists(), out.stderr[-2000:]
+        shots.append(shot.read_bytes())
+    assert bare != block.group(0) and shots[0] != shots[1], "the chart lines draw nothing"
+    return charts
 
 
 def test_secrets_never_leak(served: Served) -> None:

@@ -51,6 +51,15 @@ def test_serve_demo_start_warm_up_verify_complete_and_stop(engine_env, tmp_path:
         assert a["verification"]["ok"] and a["warmup"]["ok"]
         assert a["warmup"]["long_prompt_tokens"] >= rep["plan"]["decision"]["max_model_len"] - 8
         assert a["warmup"]["burst_requests"] == rep["plan"]["decision"]["max_num_seqs"]
+        # speed measured under load at the planned concurrency, before ready
+        sp = a["speed"]["measured"]
+        assert sp["ok"] and sp["load"]["concurrency"] == rep["plan"]["decision"]["max_num_seqs"]
+        assert sp["itl_ms"]["mean"] > 0 and sp["itl_ms"]["p50"] <= sp["itl_ms"]["p90"]
+        assert sp["ttft_ms"]["n"] >= 1 and sp["output_tokens_per_s"] > 0
+        assert sp["output_tokens_per_s_per_user"] > 0
+        # the engine's own counter saw every token the clients counted (and the cut-off rest)
+        assert sp["engine_generation_tokens"] >= sp["output_tokens"] > 0
+        assert "speed at" in srv.output
         # measured figures are real readings of the running engine
         dev = a["verification"]["devices"][0]
         now, _ = process_tree_pss(a["engine_pids"])

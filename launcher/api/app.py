@@ -1,4 +1,4 @@
-"""The control API: liveness, readiness, plan, report, GPUs, metrics and a status page.
+"""The control API: liveness, readiness, plan, report, speed, GPUs, metrics and a status page.
 
 It runs inside `serve` on its own thread (uvicorn), separate from the engine, so it answers
 while the engine is busy or down. With a token (`LAUNCHER_API_TOKEN`), everything except the
@@ -16,8 +16,10 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from launcher.api.metrics import render
+from launcher.errors import LauncherError
 from launcher.redact import redact_obj
 from launcher.render.page import render_page
+from launcher.runtime.cluster import Coordinator, cluster_metrics
 from launcher.runtime.state import ControlState
 
 
@@ -62,6 +64,17 @@ def create_app(state: ControlState, token: str | None = None) -> FastAPI:
             raise HTTPException(404, "no attempt yet")
         return JSONResponse({**s["report"], "live": s["live"], "phase": s["phase"]})
 
+    @app.get("/speed", dependencies=protected)
+    async def speed() -> JSONResponse:
+        """Measured speed (the load before ready) beside the prediction, and the engine now."""
+        s = state.snapshot()
+        attempts = (s["report"] or {}).get("attempts") or []
+        record = (attempts[-1].get("speed") if attempts else None) or {}
+        return JSONResponse({"phase": s["phase"], "measured": record.get("measured"),
+                             "predicted": record.get("predicted"),
+                             "measured_over_predicted": record.get("measured_over_predicted"),
+                             "skipped": record.get("skipped"), "live": s["engine_live"]})
+
     @app.get("/gpus", dependencies=protected)
     def gpus() -> JSONResponse:
         if state.inventory is None:
@@ -70,7 +83,45 @@ def create_app(state: ControlState, token: str | None = None) -> FastAPI:
 
     @app.get("/metrics", dependencies=protected)
     async def metrics() -> Response:
-        return Response(render(state), media_type="text/plain; version=0.0.4; charset=utf-8")
+        body = render(state)
+        if state.cluster is not None:  # every node's devices and measured memory
+            body += cluster_metrics(state.cluster.snapshot()).encode()
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    # ---- multi-node: the other nodes of the engine talk to node 0 here ------------------
+    def coordinator() -> Coordinator:
+        if state.cluster is None:
+            raise HTTPException(404, "this launcher is not node 0 of a multi-node engine")
+        return state.cluster
+
+    @app.get("/cluster", dependencies=protected)
+    def cluster() -> JSONResponse:
+        return JSONResponse(redact_obj(coordinator().snapshot(), state.secrets))
+
+    @app.post("/cluster/join", dependencies=protected)
+    async def cluster_join(request: Request) -> JSONResponse:
+        c = coordinator()
+        try:
+            return JSONResponse(c.join(await request.json()))
+        except (ValueError, LauncherError) as e:  # InputError: a malformed inventory
+            raise HTTPException(409, getattr(e, "message", str(e))) from None
+
+    @app.get("/cluster/directive", dependencies=protected)
+    def cluster_directive(rank: int) -> JSONResponse:
+        try:
+            return JSONResponse(coordinator().directive(rank))
+        except KeyError:
+            raise HTTPException(409, f"rank {rank} has not joined") from None
+
+    @app.post("/cluster/report", dependencies=protected)
+    async def cluster_report(request: Request) -> JSONResponse:
+        c = coordinator()
+        try:
+            return JSONResponse(c.report(await request.json()))
+        except KeyError:
+            raise HTTPException(409, "this rank has not joined") from None
+        except ValueError as e:
+            raise HTTPException(422, str(e)) from None
 
     @app.get("/", dependencies=protected, response_class=HTMLResponse)
     async def page() -> HTMLResponse:

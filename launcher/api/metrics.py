@@ -2,6 +2,10 @@
 
 Planned bytes per device and component come from the plan; verified bytes from the report's
 verification (so they equal the report); live bytes and headroom from the monitor's last sample.
+Speed: `launcher_measured_*` from the report's speed measurement (the load run before ready),
+`launcher_predicted_*` from the plan's prediction beside it, `launcher_live_*` from the
+engine's own /metrics as the monitor last read it (tokens/s: between its last two readings).
+Latencies are in seconds, as Prometheus names them; the report keeps milliseconds.
 """
 
 from __future__ import annotations
@@ -87,6 +91,61 @@ class StateCollector(Collector):
                                   value=max(0, s["attempts"] - 1))
         yield GaugeMetricFamily("launcher_monitor_samples", "Live memory samples taken",
                                 value=s["samples"])
+        yield from speed_metrics((last.get("speed") or {}), s.get("engine_live") or {})
+
+
+def _latency(name: str, doc: str, figures: dict | None) -> GaugeMetricFamily:
+    g = GaugeMetricFamily(name, doc, labels=["stat"])
+    for stat in ("mean", "p50", "p90"):
+        if figures and isinstance(figures.get(stat), int | float):
+            g.add_metric([stat], figures[stat] / 1000)
+    return g
+
+
+def _gauge(name: str, doc: str, value: object) -> Iterator[Metric]:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        yield GaugeMetricFamily(name, doc, value=value)
+
+
+def speed_metrics(speed: dict, live: dict) -> Iterator[Metric]:
+    """Measured speed (the load before ready), the prediction beside it, and the engine now."""
+    m = speed.get("measured") or {}
+    p = speed.get("predicted") or {}
+    yield _latency("launcher_measured_ttft_seconds", "Time to first token measured under "
+                   "the start-up load", m.get("ttft_ms"))
+    yield _latency("launcher_measured_itl_seconds", "Inter-token latency measured under the "
+                   "start-up load", m.get("itl_ms"))
+    yield from _gauge("launcher_measured_output_tokens_per_second", "Output tokens per second "
+                      "of all streams together, start-up load", m.get("output_tokens_per_s"))
+    yield from _gauge("launcher_measured_output_tokens_per_second_per_user", "Output tokens "
+                      "per second one stream saw, start-up load",
+                      m.get("output_tokens_per_s_per_user"))
+    yield from _gauge("launcher_measured_requests_per_second", "Requests completed per second, "
+                      "start-up load", m.get("requests_per_s"))
+    yield from _gauge("launcher_measured_load_concurrency", "Concurrent streams of the "
+                      "start-up load", (m.get("load") or {}).get("concurrency"))
+    for key, name, doc in (("ttft_ms", "ttft_seconds", "Time to first token"),
+                           ("itl_ms", "itl_seconds", "Inter-token latency")):
+        v = p.get(key)
+        yield from _gauge(f"launcher_predicted_{name}", f"{doc} the plan predicts",
+                          v / 1000 if isinstance(v, int | float) else None)
+    yield from _gauge("launcher_predicted_output_tokens_per_second", "Output tokens per second "
+                      "of all streams the plan predicts", p.get("output_tokens_per_s"))
+    yield from _gauge("launcher_predicted_output_tokens_per_second_per_user", "Output tokens "
+                      "per second per stream the plan predicts",
+                      p.get("output_tokens_per_s_per_user"))
+    yield from _gauge("launcher_predicted_requests_per_second", "Requests per second the plan "
+                      "predicts", p.get("requests_per_s"))
+    latest = live.get("latest") or {}
+    yield from _gauge("launcher_live_output_tokens_per_second", "Output tokens per second the "
+                      "engine generated between its last two readings",
+                      live.get("latest_output_tokens_per_s"))
+    yield from _gauge("launcher_live_requests_running", "Requests the engine runs now",
+                      latest.get("running"))
+    yield from _gauge("launcher_live_requests_waiting", "Requests waiting in the engine's "
+                      "queue now", latest.get("waiting"))
+    yield from _gauge("launcher_live_kv_cache_usage_ratio", "Fraction of the engine's KV cache "
+                      "in use now (0-1)", latest.get("kv_cache_usage"))
 
 
 def render(state: ControlState) -> bytes:

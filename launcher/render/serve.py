@@ -18,7 +18,7 @@ from launcher.engines.vllm_log import Phase
 from launcher.render.plan import plan_view
 from launcher.units import fmt_gib
 
-CONTROL_ENDPOINTS = "/livez /readyz /plan /report /gpus /metrics"
+CONTROL_ENDPOINTS = "/livez /readyz /plan /report /speed /gpus /metrics"
 
 
 class ServeConsole:
@@ -109,6 +109,34 @@ class ServeConsole:
             f"try: curl {base_url}/v1/chat/completions -H 'Content-Type: application/json' "
             f"-d '{{\"model\": \"{name}\", \"messages\": [{{\"role\": \"user\", "
             f"\"content\": \"Hello\"}}]}}'", highlight=False, soft_wrap=True)
+
+    def speed(self, record: dict) -> None:
+        """One line for the measured speed (the report's attempt `speed`), the prediction
+        beside it where the plan has one."""
+        m, p = record.get("measured") or {}, record.get("predicted")
+        load = m.get("load") or {}
+        ttft, itl = m.get("ttft_ms") or {}, m.get("itl_ms") or {}
+        tpot = m.get("tpot_ms") or {}
+
+        def ms(st: dict, extra: str = "") -> str:
+            return f"{st['mean']:,.1f} ms (p50 {st['p50']:,.1f}, p90 {st['p90']:,.1f}{extra})" \
+                if st else "–"
+        per_request = f"; per request p50 {tpot['p50']:,.1f}, p90 {tpot['p90']:,.1f}" \
+            if tpot else ""
+        per_user = m.get("output_tokens_per_s_per_user")
+        line = (f"speed at {load.get('concurrency')} streams for {load.get('seconds'):g} s "
+                f"({load.get('prompt_tokens')} prompt + {load.get('output_tokens')} output "
+                f"tokens): TTFT {ms(ttft)}, ITL {ms(itl, per_request)}, "
+                f"{m.get('output_tokens_per_s', 0):,.1f} tokens/s, "
+                f"{'–' if per_user is None else f'{per_user:,.1f}'} per user")
+        self._say(line)
+        if p:
+            def num(key: str, unit: str) -> str:
+                v = p.get(key)
+                return f"{v:,.1f}{unit}" if isinstance(v, int | float) else "–"
+            self._say(f"  predicted: TTFT {num('ttft_ms', ' ms')}, ITL {num('itl_ms', ' ms')}, "
+                      f"{num('output_tokens_per_s', '')} tokens/s, "
+                      f"{num('output_tokens_per_s_per_user', '')} per user")
 
     # ---- any time ---------------------------------------------------------------------
     def warning(self, message: str) -> None:

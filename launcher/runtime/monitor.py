@@ -4,6 +4,10 @@ Every few seconds: NVML per GPU (or the CPU node's memory and the engine's PSS),
 the limit. When a device's free memory falls below the target, the launcher says so once —
 naming who holds the memory, this engine or which other process — and the control API's
 `/readyz` and `/metrics` show it until it recovers.
+
+The same loop reads the engine's own /metrics (requests running and waiting, KV cache in use,
+tokens generated) into the state's ring buffer, which the status page draws over the last
+minutes. An engine whose /metrics cannot be read is said once, until it can be again.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import psutil
 from launcher.hardware.inventory import GpuInfo
 from launcher.hardware.nvml import RawProcess
 from launcher.memory.calibration import Device
+from launcher.runtime.live import EngineSample
 from launcher.runtime.state import ControlState, LiveDevice
 from launcher.runtime.supervisor import EngineProcess
 from launcher.units import fmt_gib
@@ -53,9 +58,12 @@ def gpu_holders(processes: Iterable[RawProcess], engine_pids: set[int],
 
 class HeadroomMonitor:
     def __init__(self, state: ControlState, sample: Callable[[], list[LiveDevice]],
-                 warn: Callable[[str], None], interval: float = 5.0) -> None:
+                 warn: Callable[[str], None], interval: float = 5.0,
+                 engine: Callable[[], EngineSample] | None = None) -> None:
         self.state = state
         self.sample = sample
+        self.engine = engine
+        self._engine_failing = False
         self.warn = warn
         self.interval = interval
         self._stop = threading.Event()
@@ -81,7 +89,20 @@ class HeadroomMonitor:
                 self.warn(f"device {d.index}: {fmt_gib(d.headroom_bytes)} free of "
                           f"{fmt_gib(d.total_bytes)}, below the headroom target "
                           f"(limit {fmt_gib(d.limit_bytes)} used); held by {who}")
+            self._sample_engine()
             self._stop.wait(self.interval)
+
+    def _sample_engine(self) -> None:
+        if self.engine is None:
+            return
+        try:
+            self.state.record_engine([self.engine()])
+        except Exception as e:  # the engine's page is outside input: say so, keep watching
+            if not self._engine_failing:
+                self.warn(f"engine /metrics: reading failed: {type(e).__name__}: {e}")
+            self._engine_failing = True
+        else:
+            self._engine_failing = False
 
 
 def sampler(engine: EngineProcess, device: Device, gpus: Sequence[GpuInfo],

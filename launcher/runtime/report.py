@@ -1,4 +1,5 @@
-"""The launch report: the plan, every attempt with its outcome, measured vs planned, verdict.
+"""The launch report: the plan, every attempt with its outcome, measured vs planned (memory and
+speed), verdict.
 
 Written atomically (temporary file + rename) after every attempt, so a reader never sees a
 half-written file and a crash still leaves the attempts so far.
@@ -64,6 +65,8 @@ class Attempt:
     measured: list[dict] = field(default_factory=list)
     next_step: str | None = None
     boot: dict | None = None  # what the boot store recorded of a verified start (or why not)
+    speed: dict | None = None  # measured speed under load, beside the plan's prediction
+    speed_seconds: float | None = None
     started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(
         timespec="seconds"))
 
