@@ -74,3 +74,42 @@ def test_the_engine_environment_drops_what_would_override_the_plan() -> None:
     env = cmd.environment({"VLLM_CPU_KVCACHE_SPACE": "40", "LAUNCHER_API_TOKEN": "t",
                            "HF_TOKEN": "h", "PATH": "/bin"})
     assert env == {"HF_TOKEN": "h", "PATH": "/bin", "CUDA_VISIBLE_DEVICES": "0"}
+
+
+def test_a_killed_group_takes_its_own_tmpdir_and_nothing_else(tmp_path: Path) -> None:
+    """vLLM's rendezvous store and ZMQ sockets go to the engine's TMPDIR: a directory of the
+    group's own, removed with it after a SIGKILL; a file another engine left in the shared
+    temp dir stays."""
+    import tempfile
+
+    neighbour = Path(tempfile.gettempdir()) / f"vllm_dist_neighbour_{tmp_path.name}"
+    neighbour.write_text("another engine's store")
+    code = ("import os, pathlib, time; d = pathlib.Path(os.environ['TMPDIR']); "
+            "(d / 'vllm_dist_0123').write_text('x'); print(d, flush=True); time.sleep(300)")
+    e = EngineProcess(EngineCommand([sys.executable, "-c", code], {}), tmp_path / "e.log")
+    e.start()
+    deadline = time.monotonic() + 20
+    while not e.lines and time.monotonic() < deadline:
+        time.sleep(0.05)
+    own = Path(e.lines[0])
+    assert (own / "vllm_dist_0123").exists() and own.parent == Path(tempfile.gettempdir())
+    assert own.name.startswith("vhr-")
+    e.stop(grace=0.5)
+    assert not own.exists()
+    assert neighbour.exists()
+    neighbour.unlink()
+
+
+def test_a_semaphore_nobody_maps_since_the_start_is_removed(tmp_path: Path) -> None:
+    from launcher.runtime import shm
+
+    old = tmp_path / "sem.mp-old"
+    old.write_bytes(b"\0" * 32)
+    since = time.time() + 1
+    dead = tmp_path / "sem.mp-dead"
+    dead.write_bytes(b"\0" * 32)
+    import os
+
+    os.utime(dead, (since + 1, since + 1))
+    removed = shm.remove_left(set(), [tmp_path], since=since)
+    assert removed == [dead] and old.exists()

@@ -8,6 +8,8 @@
                    verify_engine        measured memory and capacity against the plan
                    remember             a verified start goes into the boot store, which
                                           the next plan on this host learns from
+                   speed                a few seconds of load at the planned concurrency:
+                                          measured TTFT, ITL, tokens/s beside the prediction
                    start_failed /       why it failed (the engine's last lines) and the error
                    verification_failed    to raise when no rung is left
                    choose_step          the next rung down, or none
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,6 +55,17 @@ from launcher.prepare import Target, build_plan
 from launcher.redact import redact_obj
 from launcher.render.serve import ServeConsole
 from launcher.runtime.backoff import Step, next_step
+from launcher.runtime.cluster import Coordinator, PeerFailure
+from launcher.runtime.lease import HostLease, measured_bytes, planned_bytes
+from launcher.runtime.lease import State as LeaseState
+from launcher.runtime.live import read_engine_sample
+from launcher.runtime.loadtest import (
+    load_prediction,
+    measure_speed,
+    planned_workload,
+    shape_for,
+    speed_record,
+)
 from launcher.runtime.measure import DeviceReading, measure_cpu, measure_gpu
 from launcher.runtime.monitor import HeadroomMonitor, sampler
 from launcher.runtime.report import Attempt, Outcome, Report, ReportWriter, Verdict
@@ -91,7 +104,11 @@ class Session:
     grace: float = STOP_GRACE_SECONDS
     monitor_interval: float = DEFAULT_MONITOR_INTERVAL
     settings: dict[str, Any] | None = None  # option → {value, source}, already redacted
+    measure_speed: bool = True  # a short load before ready (--measure-speed)
+    measure_seconds: float = 5.0  # how long it runs (--measure-seconds)
+    cluster: Coordinator | None = None  # node 0 of a multi-node engine (runtime/cluster.py)
     engine: EngineProcess | None = field(default=None, init=False)  # the one running now
+    lease: HostLease | None = field(default=None, init=False)  # this launcher's ledger entry
 
     @property
     def base_url(self) -> str:
@@ -165,6 +182,8 @@ def run_attempts(s: Session, req: PlanRequest) -> int:
     s.report.base_url = s.base_url
     devices: Sequence[GpuInfo] | None = None
     last_error: LauncherError | None = None
+    if s.cluster is not None:  # every node joined: plan over the union of their devices
+        devices, req = join_nodes(s, req)
     for n in range(1, s.max_attempts + 1):
         s.stop.check()
         plan, plan_json = plan_attempt(s, n, req, devices)
@@ -174,12 +193,20 @@ def run_attempts(s: Session, req: PlanRequest) -> int:
                 return does_not_fit(s)
             break  # stepped down as far as the ladder goes
         launch = launch_of(plan)
+        if s.cluster is not None:  # this node's part; every other node's published
+            launch = replace(launch, command=s.cluster.publish(n, plan, launch.command))
         attempt = launch_engine(s, n, launch, plan_json)
         result = try_attempt(s, n, attempt, launch, plan)
         if result.ok:
+            lease_record(s, LeaseState.SERVING,
+                         in_use=measured_bytes(launch.gpus, attempt.verification))
             remember(s, plan, attempt)
             s.stop.check()
+            speed(s, attempt, launch, plan)
+            s.stop.check()
             serve(s, attempt, launch)
+        else:
+            lease_record(s, LeaseState.PLANNING)  # its engine is stopped: none loads now
         last_error = result.error
         s.stop.check()
         step = choose_step(s, n, req, plan, result)
@@ -216,7 +243,13 @@ def plan_attempt(s: Session, n: int, req: PlanRequest,
                  devices: Sequence[GpuInfo] | None) -> tuple[Plan, dict[str, Any]]:
     """Plan (attempt 1) or re-plan from the stepped-down request; record and show it."""
     s.state.set_phase(ServePhase.PLANNING, f"attempt {n}: planning")
-    plan = build_plan(s.model, req, s.target, devices=devices)
+    if s.lease is None:
+        plan = build_plan(s.model, req, s.target, devices=devices)
+    else:  # others' planned-not-allocated memory taken off; the lock held until recorded
+        with s.lease.planning():
+            plan = build_plan(s.model, req, s.target, devices=devices,
+                              around=s.lease.budget_around)
+            s.lease.record(LeaseState.PLANNING, planned=planned_bytes(plan))
     if s.settings:
         plan = plan.with_settings(s.settings)
     plan_json = plan.to_json()
@@ -228,6 +261,18 @@ def plan_attempt(s: Session, n: int, req: PlanRequest,
     else:
         s.out.relaunch(n, shown)
     return plan, plan_json
+
+
+def lease_record(s: Session, state: LeaseState, **changes: Any) -> None:
+    """This launcher's state in the host lease; a ledger that cannot be written now is a
+    warning (the entry is rewritten at the next change), never a failed start."""
+    if s.lease is None:
+        return
+    try:
+        s.lease.record(state, **changes)
+    except (LauncherError, OSError) as e:
+        s.out.warning(f"the host lease in {s.lease.directory} was not updated: "
+                      f"{getattr(e, 'message', None) or e}")
 
 
 def does_not_fit(s: Session) -> int:
@@ -254,6 +299,7 @@ def launch_engine(s: Session, n: int, launch: Launch, plan_json: dict[str, Any])
     s.state.set_phase(ServePhase.STARTING, f"attempt {n}: engine starting")
     engine.start()
     attempt.engine_pid = engine.pid
+    lease_record(s, LeaseState.LOADING, engine_pids=[engine.pid])
     s.writer.write()
     s.out.engine_starting(n, engine.pid, log_path)
     return attempt
@@ -262,7 +308,10 @@ def launch_engine(s: Session, n: int, launch: Launch, plan_json: dict[str, Any])
 def wait_ready(s: Session, engine: EngineProcess) -> float:
     """Seconds until /health answered; EngineGone when the engine died first, TimeoutError
     past the deadline, Stopped when a stop was recorded meanwhile."""
-    seconds = s.stop.run(lambda: wait_healthy(s.base_url, engine.alive, s.ready_timeout))
+    def alive() -> bool:  # a peer that failed ends the wait as this engine's death does
+        return engine.alive() and (s.cluster is None or s.cluster.failure() is None)
+
+    seconds = s.stop.run(lambda: wait_healthy(s.base_url, alive, s.ready_timeout))
     s.out.engine_ready(seconds)
     return round(seconds, 2)
 
@@ -293,6 +342,9 @@ def verify_engine(s: Session, engine: EngineProcess, attempt: Attempt, launch: L
     s.state.set_phase(ServePhase.VERIFYING, "measuring memory against the plan")
     attempt.engine_pids = engine.pids()
     readings = measure(launch, engine)
+    if s.cluster is not None:  # every node measures its own part
+        n = len(s.report.attempts)
+        readings = s.cluster.readings(n, readings, s.stop)
     info = cache_config_info(s.stop.run(lambda: metrics_text(s.base_url)))
     engine.wait_output(0)
     verification = verify(plan, readings, engine.parser.figures, served_max_model_len, info)
@@ -328,6 +380,38 @@ def remember(s: Session, plan: Plan, attempt: Attempt) -> None:
                     "fingerprint": fp.to_json()}
 
 
+def speed(s: Session, attempt: Attempt, launch: Launch, plan: Plan) -> None:
+    """Measured speed before the engine is reported ready (no user shares the load): a few
+    seconds of streamed requests at the planned concurrency, beside the speed model's
+    prediction for the same load. A load that measures nothing is a warning, never a failed
+    start."""
+    replicas = (plan.decision.data_parallel_size if plan.decision else 1) or 1
+    shape = shape_for(launch.max_model_len, launch.max_num_seqs * replicas, s.measure_seconds,
+                      planned_workload(attempt.plan))
+    try:
+        predicted = load_prediction(plan, shape)
+    except LauncherError as e:  # the speed model's inputs did not load: measure anyway
+        s.out.warning(f"no speed prediction to compare with: {e.message}")
+        predicted = None
+    if not s.measure_speed:
+        attempt.speed = speed_record(None, predicted, skipped="--no-measure-speed")
+        return
+    s.state.set_phase(ServePhase.MEASURING_SPEED, f"measuring speed: {shape.concurrency} "
+                      f"streams for {shape.seconds:g} s")
+    t = time.monotonic()
+    name = s.report.served_model_name or ""
+    measured, samples = s.stop.run(lambda: measure_speed(
+        s.base_url, name, shape, launch.vocab_size, launch.api_headers()))
+    s.state.record_engine(samples)
+    attempt.speed = speed_record(measured, predicted)
+    attempt.speed_seconds = round(time.monotonic() - t, 2)
+    s.writer.write()
+    s.out.speed(attempt.speed)
+    if not measured.ok:
+        s.out.warning("the speed measurement measured nothing: " +
+                      ("; ".join(measured.errors) or f"no token within {shape.seconds:g} s"))
+
+
 def measure(launch: Launch, engine: EngineProcess) -> list[DeviceReading]:
     pids = engine.pids()
     if launch.device == Device.CPU:
@@ -352,6 +436,9 @@ def start_failed(s: Session, n: int, attempt: Attempt, engine: EngineProcess,
     s.stop_engine()
     lines = list(engine.lines)
     failure = failure_of(error, lines, engine.poll(), engine.parser.phase, s.ready_timeout)
+    peer = s.cluster.wait_failure(2.0) if s.cluster is not None else None
+    if peer is not None:  # a node's engine part or the node itself failed: its words
+        failure = peer_failure(peer)
     last = important_lines(lines)
     attempt.outcome = Outcome.START_FAILED
     attempt.failure = {"kind": failure.kind, "message": failure.message,
@@ -408,14 +495,27 @@ def serve(s: Session, attempt: Attempt, launch: Launch) -> NoReturn:
     s.writer.write()
     s.state.set_phase(ServePhase.SERVING, "engine up and verified", ready=True)
     s.out.serving(attempt.to_json(), s.writer.paths, s.base_url, s.report.served_model_name)
-    monitor = HeadroomMonitor(s.state, sampler(engine, launch.device, launch.gpus, launch.limits),
-                              s.out.warning, s.monitor_interval)
+    gpus = s.cluster.local if s.cluster is not None else launch.gpus  # this node's own
+    monitor = HeadroomMonitor(s.state, sampler(engine, launch.device, gpus, launch.limits),
+                              s.out.warning, s.monitor_interval,
+                              engine=lambda: read_engine_sample(s.base_url))
     monitor.start()
     try:
-        s.stop.run(lambda: watch(engine, s.base_url, s.state))
+        s.stop.run(lambda: watch(engine, s.base_url, s.state, peers=peers_failed(s)))
     finally:
         monitor.stop()
     s.stop.check()
+    peer = s.cluster.wait_failure(3.0) if s.cluster is not None else None
+    if peer is not None:
+        s.stop_engine()
+        attempt.outcome = Outcome.ENGINE_EXITED
+        s.report.verdict = Verdict.ENGINE_EXITED
+        s.report.exit_code = EngineStartError.exit_code
+        s.state.set_phase(ServePhase.ENGINE_EXITED, peer.message)
+        s.writer.write()
+        raise EngineStartError(f"{peer.message} while serving: the whole group stopped",
+                               fix=f"See node {peer.rank}'s output and engine log.",
+                               hint="\n".join(important_lines(list(peer.lines))[-8:]))
     status = engine.poll()
     last = important_lines(list(engine.lines))
     attempt.outcome = Outcome.ENGINE_EXITED
@@ -428,13 +528,13 @@ def serve(s: Session, attempt: Attempt, launch: Launch) -> NoReturn:
 
 
 def watch(engine: EngineProcess, base_url: str, state: ControlState, every: float = 5.0,
-          misses: int = 3) -> None:
-    """Until the engine exits; a hung engine (no /health for `misses` checks) is reported
-    not ready until it answers again."""
+          misses: int = 3, peers: Callable[[], bool] | None = None) -> None:
+    """Until the engine exits (or `peers()` says a node of its group failed); a hung engine
+    (no /health for `misses` checks) is reported not ready until it answers again."""
     failed = 0
     last = time.monotonic()
     with httpx.Client(timeout=5) as client:
-        while engine.alive():
+        while engine.alive() and not (peers is not None and peers()):
             time.sleep(0.5)
             if time.monotonic() - last < every:
                 continue
@@ -449,6 +549,41 @@ def watch(engine: EngineProcess, base_url: str, state: ControlState, every: floa
                                 f"{misses * every:.0f} s", ready=False)
             elif ok and not state.ready and state.phase == ServePhase.SERVING:
                 state.set_phase(ServePhase.SERVING, "engine up and verified", ready=True)
+
+
+# ---- multi-node (node 0) ------------------------------------------------------------------
+
+def join_nodes(s: Session, req: PlanRequest) -> tuple[list[GpuInfo], PlanRequest]:
+    """Wait (with the deadline) until every node joined; the union of their devices and the
+    request the planner gets for it."""
+    from launcher.prepare import resolve_devices
+
+    assert s.cluster is not None
+    device, local, _, _, _ = resolve_devices(s.target)
+    s.state.set_phase(ServePhase.STARTING, f"waiting for {s.cluster.opts.nnodes - 1} other "
+                      f"node(s) to join (deadline {s.cluster.opts.node_deadline:g} s)")
+    s.out.console.print(f"waiting for {s.cluster.opts.nnodes - 1} other node(s) to join",
+                        highlight=False)
+    union = s.cluster.wait_for_nodes(s.stop, device, local)
+    s.out.console.print(f"all {s.cluster.opts.nnodes} nodes joined: {len(union)} devices",
+                        highlight=False)
+    return union, req
+
+
+def peers_failed(s: Session) -> Callable[[], bool] | None:
+    c = s.cluster
+    return None if c is None else (lambda: c.failure() is not None)
+
+
+def peer_failure(peer: PeerFailure) -> Failure:
+    """A peer's engine that exited is classified from its own last lines (a memory failure
+    there steps the whole group down); a node that left or went silent is not retryable."""
+    if not peer.lines:
+        return Failure(FailureKind.UNKNOWN, peer.message, {"node": peer.rank}, retryable=False)
+    phase = Phase(peer.phase) if peer.phase in {p.value for p in Phase} else None
+    f = classify_failure(list(peer.lines), peer.status, phase)
+    return replace(f, message=f"{peer.message}: {f.message}", details={**f.details,
+                                                                      "node": peer.rank})
 
 
 def stopped(s: Session, e: Stopped) -> int:

@@ -20,7 +20,7 @@ import shutil
 import socket
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,9 +35,10 @@ from launcher.planner import PlanRequest
 from launcher.prepare import Target, resolve_devices
 from launcher.redact import secret_flag_values, secrets_from_env
 from launcher.render.serve import ServeConsole
-from launcher.runtime.loop import Session, supervise
+from launcher.runtime.cluster import ClusterOptions, Coordinator
+from launcher.runtime.loop import Session, stopped, supervise
 from launcher.runtime.report import Report, ReportWriter, Verdict
-from launcher.runtime.signals import StopRequest
+from launcher.runtime.signals import Stopped, StopRequest
 from launcher.runtime.state import ControlState, ServePhase
 
 
@@ -52,7 +53,11 @@ class ServeOptions:
     control_port: int = policy.DEFAULT_CONTROL_PORT  # 0: no control API
     fit_report: Path | None = None
     monitor_interval: float = policy.DEFAULT_MONITOR_INTERVAL
+    measure_speed: bool = True  # a short load before ready, measured beside the prediction
+    measure_seconds: float = 5.0
     settings: dict[str, Any] | None = None  # option → {value, source}, already redacted
+    lease_dir: str | None = None  # host lease (runtime/lease.py): a directory, auto; None: off
+    cluster: ClusterOptions | None = None  # --nnodes/--node-rank/…: None or one node alone
 
 
 class ControlApi(Protocol):
@@ -94,7 +99,15 @@ def check_port(host: str, port: int) -> None:
 def run_serve(model: str, req: PlanRequest, target: Target, opts: ServeOptions,
               console: Console, *, control: StartControl | None = None) -> int:
     """Serve until stopped; returns the exit status, or raises a LauncherError (its exit code).
-    Without `control`, no control API is started."""
+    Without `control`, no control API is started. A node of rank > 0 follows node 0
+    (`launcher.runtime.worker`) instead."""
+    cluster = opts.cluster if opts.cluster is not None and opts.cluster.multi else None
+    if cluster is not None and cluster.node_rank > 0:
+        from launcher.runtime.worker import run_worker
+
+        _check_options(target, opts)
+        return run_worker(model, target, cluster, opts.control_port, opts.log_dir, console,
+                          opts.grace)
     log_dir = opts.log_dir or cache_dir() / "logs" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     report = Report(model=model)
     state = ControlState(secrets=secrets_from_env() + secret_flag_values(target.engine_args),
@@ -103,7 +116,13 @@ def run_serve(model: str, req: PlanRequest, target: Target, opts: ServeOptions,
     s = Session(model=model, target=target, log_dir=log_dir, report=report, writer=writer,
                 state=state, out=ServeConsole(console), stop=StopRequest(),
                 max_attempts=opts.max_attempts, ready_timeout=opts.ready_timeout,
-                grace=opts.grace, monitor_interval=opts.monitor_interval, settings=opts.settings)
+                grace=opts.grace, monitor_interval=opts.monitor_interval, settings=opts.settings,
+                measure_speed=opts.measure_speed, measure_seconds=opts.measure_seconds)
+    if cluster is not None:  # node 0: the other nodes join through the control API
+        if control is None or not opts.control_port:
+            raise InputError("--nnodes above 1 needs node 0's control API",
+                             fix="Give node 0 a --control-port (the other nodes join there).")
+        s.cluster = state.cluster = Coordinator(cluster, model)
     try:
         with s.stop.captured():
             return _serve(s, req, opts, control)
@@ -135,13 +154,63 @@ def _serve(s: Session, req: PlanRequest, opts: ServeOptions,
         api = control(s.state, opts.control_host, opts.control_port)
         s.out.control_api(f"http://{opts.control_host}:{opts.control_port}")
     try:
+        if opts.lease_dir is not None:  # released below on every way out, after the engine
+            from launcher.runtime.lease import open_lease
+
+            s.lease = open_lease(opts.lease_dir, model=s.model, port=s.target.port)
         if opts.report:
             s.writer.add(opts.report)
         s.writer.add(s.log_dir / "report.json")
-        return supervise(s, req)
+        try:  # the download before the engine: its ready timeout never includes it
+            # (a multi-node plan's forced TP/PP need not fit this node's devices alone)
+            fetch_req = req if s.cluster is None else replace(req, tp=None, pp=None)
+            s.stop.run(lambda: fetch_model(s, fetch_req))
+        except Stopped as e:
+            return stopped(s, e)
+        return finish_nodes(s, lambda: supervise(s, req))
     finally:
+        if s.lease is not None:
+            s.lease.release()
         if api is not None:
             api.stop()
+
+
+def finish_nodes(s: Session, run: Callable[[], int]) -> int:
+    """`run()`; then, on node 0 of a multi-node engine, every other node is told to stop
+    with this node's exit status and why."""
+    if s.cluster is None:
+        return run()
+    try:
+        code = run()
+    except LauncherError as e:
+        s.cluster.finish(e.exit_code, e.message)
+        raise
+    except BaseException:
+        s.cluster.finish(EngineStartError.exit_code, "node 0 failed")
+        raise
+    s.cluster.finish(code, "node 0 stopped" if code else "")
+    return code
+
+
+def fetch_model(s: Session, req: PlanRequest) -> None:
+    """A Hub model the plan would serve, not yet in the HF cache, is downloaded now (disk
+    checked first; `launcher.models.download`). A model that does not fit is not fetched:
+    the loop reports that."""
+    from launcher.models.download import ensure_model_files
+    from launcher.models.hub import looks_like_repo_id
+    from launcher.prepare import build_plan
+
+    plan = build_plan(s.model, req, s.target)
+    cmd = plan.engine if plan.feasible else None
+    ref = cmd.flag("--model") if cmd else None
+    # --load-format dummy: random weights, nothing to fetch; --download-dir: vLLM's own cache
+    if cmd is None or not ref or not looks_like_repo_id(ref) or cmd.flag("--load-format") == "dummy":
+        return
+    s.state.set_phase(ServePhase.PLANNING, f"downloading {ref} before the engine starts")
+    where = cmd.flag("--download-dir")
+    ensure_model_files(ref, cmd.flag("--revision"), token=cmd.flag("--hf-token"),
+                       cache_dir=Path(where) if where else None,
+                       say=lambda text: s.out.console.print(text, highlight=False))
 
 
 def _check_options(target: Target, opts: ServeOptions) -> None:

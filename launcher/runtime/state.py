@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 from launcher.redact import redact_obj
+from launcher.runtime.live import EngineSample, SampleRing
 
 
 class ServePhase(StrEnum):
@@ -24,6 +25,7 @@ class ServePhase(StrEnum):
     LOADING = "loading"
     WARMING_UP = "warming_up"
     VERIFYING = "verifying"
+    MEASURING_SPEED = "measuring_speed"
     SERVING = "serving"
     STEPPING_DOWN = "stepping_down"
     FAILED = "failed"
@@ -75,6 +77,8 @@ class ControlState:
         self.live: dict[int, LiveDevice] = {}
         self.violations: Counter[int] = Counter()
         self.samples = 0
+        self.engine_live = SampleRing()  # the engine's own /metrics, for the status page
+        self.cluster: Any = None  # node 0 of a multi-node engine: its Coordinator
 
     # ---- writers (serve loop, monitor) ------------------------------------------------
     def set_phase(self, phase: ServePhase, reason: str | None = None, ready: bool = False) -> None:
@@ -108,6 +112,10 @@ class ControlState:
                 self.live[d.index] = d
             return newly
 
+    def record_engine(self, samples: list[EngineSample]) -> None:
+        with self._lock:
+            self.engine_live.extend(samples)
+
     # ---- readers (API) ----------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -116,5 +124,7 @@ class ControlState:
                 "plan": self.plan, "report": self.report, "settings": self.settings,
                 "attempts": self.attempts, "live": {i: d.to_json() for i, d in self.live.items()},
                 "violations": dict(self.violations), "samples": self.samples,
+                "engine_live": self.engine_live.to_json(),
                 "uptime_seconds": round(time.time() - self.started_at, 1),
+                "cluster": self.cluster.snapshot() if self.cluster is not None else None,
             }

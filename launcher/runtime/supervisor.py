@@ -10,9 +10,12 @@ the log parser, and the last few hundred stay in memory for error messages.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections import deque
@@ -25,6 +28,7 @@ from launcher.engines.vllm_log import LogParser, Phase
 from launcher.planner.plan import EngineCommand
 from launcher.policy import STOP_GRACE_SECONDS
 from launcher.redact import redact
+from launcher.runtime import shm
 
 
 class EngineProcess:
@@ -41,19 +45,23 @@ class EngineProcess:
         self.on_phase = on_phase
         self.proc: subprocess.Popen[str] | None = None
         self.started_at = 0.0
+        self.started_wall = 0.0
         self.phase_times: dict[str, float] = {}
         self._reader: threading.Thread | None = None
         self._known: dict[int, psutil.Process] = {}
+        self._shm_seen: set[Path] = set()  # shm files this group was seen holding (shm.py)
+        self._tmp: Path | None = None  # the group's own TMPDIR, removed with the group
 
     # ---- start -------------------------------------------------------------------------
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.started_at = time.monotonic()
+        self.started_wall = time.time()
         # No signal mask around the fork: a child inherits it, and an engine with SIGTERM
         # blocked can only be killed. Nothing raises between fork and the assignment, since
         # `serve`'s signal handlers only record (runtime/signals.py).
         self.proc = subprocess.Popen(
-            self.command.argv, env=self.command.environment(dict(os.environ)),
+            self.command.argv, env=self._environment(),
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, bufsize=1, errors="replace", start_new_session=True)
         if self.nice:
@@ -64,6 +72,22 @@ class EngineProcess:
                 os.setpriority(os.PRIO_PROCESS, self.proc.pid, self.nice)
         self._reader = threading.Thread(target=self._read, name="engine-log", daemon=True)
         self._reader.start()
+
+    def _environment(self) -> dict[str, str]:
+        """The command's environment with a TMPDIR of the group's own: vLLM's rendezvous file
+        store (`vllm_dist_*`) and its ZMQ sockets go to `tempfile.gettempdir()`, and after a
+        SIGKILL they are left there. In a directory of this engine's own they can be removed
+        with it without touching another engine's (shm.py). torch's compile cache stays where
+        it would have been, so a restart still finds it."""
+        env = self.command.environment(dict(os.environ))
+        if "TMPDIR" in self.command.env:  # the user's own choice
+            return env
+        default = Path(tempfile.gettempdir())
+        self._tmp = Path(tempfile.mkdtemp(prefix="vhr-", dir=default))
+        env["TMPDIR"] = str(self._tmp)
+        env.setdefault("TORCHINDUCTOR_CACHE_DIR",
+                       str(default / f"torchinductor_{getpass.getuser()}"))
+        return env
 
     def _read(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
@@ -122,7 +146,11 @@ class EngineProcess:
             pass
         for p in found:
             self._known.setdefault(p.pid, p)
-        return [p.pid for p in found]
+        pids = [p.pid for p in found]
+        # The group's own files, removed if it is killed. Rebound, not updated in place: the
+        # monitor thread calls this while the stop may be reading the set.
+        self._shm_seen = self._shm_seen | shm.held_by(pids)
+        return pids
 
     def wait_output(self, timeout: float = 5.0) -> None:
         """Let the reader drain what the engine printed before it exited."""
@@ -154,6 +182,11 @@ class EngineProcess:
             self.proc.wait(timeout=10)
         psutil.wait_procs(self._survivors(), timeout=5)
         self.wait_output()
+        if not self._survivors():
+            # what a killed group left, its own files only
+            shm.remove_left(self._shm_seen, since=self.started_wall)
+            if self._tmp is not None:
+                shutil.rmtree(self._tmp, ignore_errors=True)
         return self.proc.returncode
 
     def _survivors(self) -> list[psutil.Process]:

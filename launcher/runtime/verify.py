@@ -135,9 +135,11 @@ def verify(plan: Plan, readings: list[DeviceReading], figures: LogFigures,
         v.checks.append(Check(CheckName.KV_CACHE_TOKENS, c.kv_tokens, figures.kv_cache_tokens, ok, True,
                               "engine log: KV cache size N tokens"))
     if cache_info.get("num_gpu_blocks"):
-        blocks = int(cache_info["num_gpu_blocks"])
-        ok = abs(blocks - c.num_blocks) <= max(groups, 0.01 * c.num_blocks)
-        v.checks.append(Check(CheckName.NUM_BLOCKS, c.num_blocks, blocks, ok, True,
+        # the API server sums the blocks of every data-parallel engine (vllm/v1/engine/
+        # core_client.py, "Sum num_gpu_blocks from all engines in DP case", 0.32)
+        blocks, planned = int(cache_info["num_gpu_blocks"]), c.num_blocks * c.dp
+        ok = abs(blocks - planned) <= max(groups * c.dp, 0.01 * planned)
+        v.checks.append(Check(CheckName.NUM_BLOCKS, planned, blocks, ok, True,
                               "/metrics vllm:cache_config_info num_gpu_blocks"))
     if served_max_model_len is not None:
         v.checks.append(Check(CheckName.MAX_MODEL_LEN, c.max_model_len, served_max_model_len,
