@@ -85,7 +85,7 @@ def _command(application: typer.Typer, command: str,
 def _settle(command: str, given: dict[str, Any], model: str | None = None) -> dict[str, Setting]:
     """Each setting's value and where it came from: CLI > env > the model profile > default."""
     profile = None
-    if model and command in options.PLANNING:
+    if model and command in (*options.PLANNING, "fit"):
         from launcher.models.profiles import find_profile
 
         profile = find_profile(model)
@@ -147,6 +147,7 @@ def estimate(**given: Any) -> None:
     from launcher.engines.calibration import calibration_for
     from launcher.engines.version import choose_version
     from launcher.hardware import get_inventory
+    from launcher.memory.context import engine_context
     from launcher.memory.estimate import estimate as run_estimate
     from launcher.models.resolve import resolve_model
 
@@ -157,7 +158,7 @@ def estimate(**given: Any) -> None:
     cal = calibration_for(version)
     inv = get_inventory(gpus=options.text(v, "gpus"),
                         inventory_file=options.text(v, "inventory_file"))
-    spec = resolve_model(model)
+    spec = engine_context(resolve_model(model), cal.context)
     result = run_estimate(spec, list(inv.gpus), flags, cal,
                           version_source=f"{version} ({version_source})")
     out = result.to_json()
@@ -211,14 +212,25 @@ def _print_settings(settings: dict[str, Setting]) -> None:
 
 def _plan_and_print(model: str, settings: dict[str, Setting], *, json_out: bool,
                     explain: bool) -> None:
+    """`launcher plan` = `serve --dry-run`: the plan `serve` would launch, planned around what
+    other launchers on this host hold (read from the lease, adding no entry), and what `serve`
+    would download first."""
     from dataclasses import replace
 
     from launcher.prepare import build_plan
     from launcher.redact import redact_obj
+    from launcher.runtime.lease import around_for
 
     v = options.values(settings)
-    p = build_plan(model, options.plan_request(v), options.target(v))
+    p = build_plan(model, options.plan_request(v), options.target(v),
+                   around=around_for(options.text(v, "lease_dir")))
     p = replace(p, settings=_settings_json(settings))
+    if p.feasible and p.engine is not None:  # what serve fetches before the engine starts
+        from launcher.models.download import plan_statement
+
+        e = p.engine
+        p = replace(p, notes=(*p.notes, *plan_statement(model, e.flag("--model"), e.flag("--revision"),
+                                                         e.flag("--download-dir"))))
     out = redact_obj(p.to_json(), _secrets(settings))
     if json_out:
         _print_json(out)
@@ -237,8 +249,126 @@ def _plan_and_print(model: str, settings: dict[str, Setting], *, json_out: bool,
 def plan(**given: Any) -> None:
     """The launch plan for MODEL on these GPUs, with every decision explained (starts nothing)."""
     model = options.model_argument(given["model"])
-    _plan_and_print(model, _settle("plan", given, model), json_out=given["json"],
-                    explain=given["explain"])
+    settings = _settle("plan", given, model)
+    if settings["emit"].value != "none":
+        _plan_and_emit(model, settings, json_out=given["json"], explain=given["explain"])
+    if settings["nodes"].source != "default":  # would be silently ignored without --emit
+        raise InputError(f"--nodes only spreads a plan for --emit; plan for nodes with --gpus "
+                         f"2x8xTYPE (variable {options.env_var('nodes')} counts too)",
+                         fix="Drop --nodes, add --emit lws|shell|kuberay, or plan on nodes: "
+                             "--gpus NODESxGPUSxTYPE.",
+                         hint=f"launcher plan {model} --gpus 2x8xH100-80GB")
+    _plan_and_print(model, settings, json_out=given["json"], explain=given["explain"])
+
+
+def _plan_and_emit(model: str, settings: dict[str, Setting], *, json_out: bool,
+                   explain: bool) -> None:
+    """`plan --emit`: the plan as usual (on stderr when the file goes to stdout), then the
+    deployment file from it (launcher.deploy), written whole."""
+    import contextlib
+    from dataclasses import replace
+
+    from rich.console import Console
+
+    from launcher import deploy
+    from launcher.prepare import build_plan
+    from launcher.redact import redact_obj
+
+    v = options.values(settings)
+    kind, path = str(v["emit"]), options.text(v, "emit_file")
+    if json_out and path is None:
+        raise InputError("--json and --emit without --emit-file would both write stdout",
+                         fix="Give --emit-file for the deployment file.",
+                         hint=f"launcher plan {model} --emit {kind} --emit-file deploy.yaml --json")
+    # The image's interpreter and an API the Service can reach; for shell, the interpreter on
+    # each node's PATH (this machine's own path may not exist there) unless --engine-python.
+    forced = ((("engine_python", deploy.CONTAINER_PYTHON), ("host", deploy.CONTAINER_HOST))
+              if deploy.in_container(kind) else (("engine_python", deploy.NODE_PYTHON),))
+    for name, value in forced:
+        if settings[name].source == "default":
+            settings[name] = Setting(name, value, f"default for --emit {kind}")
+    v = options.values(settings)
+    p = build_plan(model, options.plan_request(v), options.target(v))
+    p = replace(p, settings=_settings_json(settings))
+    out = redact_obj(p.to_json(), _secrets(settings))
+    if json_out:
+        _print_json(out)
+    else:
+        from launcher.render.plan import plan_view
+
+        console = Console(stderr=path is None)
+        if explain:  # stdout may be the deployment file
+            with contextlib.redirect_stdout(sys.stderr if path is None else sys.stdout):
+                _print_settings(settings)
+        console.print(plan_view(out))
+    nodes = v["nodes"]
+    text = deploy.emit(p, deploy.EmitRequest(
+        kind=kind, model_arg=model, nodes=nodes if isinstance(nodes, int) else None,
+        ifname=options.text(v, "emit_ifname"), image=options.text(v, "emit_image"),
+        launcher_env=deploy.launcher_env(settings)))
+    if path is None:
+        sys.stdout.write(text)
+    else:
+        from launcher.deploy.files import write_atomic
+
+        print(f"wrote {write_atomic(path, text)} (--emit {kind})", file=sys.stderr)
+    raise typer.Exit(0)
+
+
+@_command(app, "fit")
+def fit(**given: Any) -> None:
+    """MODEL on every catalog GPU type × 1/2/4/8: fits or not, precision, parallelism,
+    capacity, predicted speed (and cost with --price-file), best first by --objective."""
+    from launcher.prepare import fit_rows
+    from launcher.render.fit import sort_rows
+
+    model = options.model_argument(given["model"])
+    v = options.values(_settle("fit", given, model))
+    req = options.plan_request(v)
+    price_file = options.text(v, "price_file")
+    if req.objective == "cost" and not price_file:
+        raise InputError("--objective cost needs prices to compare GPU types",
+                         fix="Pass --price-file with USD per GPU-hour per GPU type.",
+                         hint=f"launcher fit {model} --objective cost --price-file "
+                              "profiles/prices.example.yaml")
+    rows, notes = fit_rows(model, req, engine_version=options.text(v, "engine_version"),
+                           price_file=price_file)
+    rows = sort_rows(rows, req.objective)
+    fits = any(r.fits for r in rows)
+    if given["json"]:
+        _print_json({"model": model, "objective": req.objective,
+                     "workload": req.workload.to_json(), "price_file": price_file,
+                     "rows": [r.to_json() for r in rows], "notes": notes})
+        raise typer.Exit(0 if fits else DoesNotFitError.exit_code)
+    from rich.console import Console
+
+    from launcher.planner.explain import workload_text
+    from launcher.render.fit import fit_table
+
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    console.print(fit_table(rows, model=model, objective=req.objective,
+                            workload=workload_text(req.workload), priced=bool(price_file)))
+    for n in notes:
+        console.print(f"note: {n}", style="dim")
+    raise typer.Exit(0 if fits else DoesNotFitError.exit_code)
+
+
+@_command(app, "speed")
+def speed(**given: Any) -> None:
+    """Predicted TTFT, inter-token latency and throughput of MODEL on these GPUs for a
+    workload (plans the memory first; starts nothing)."""
+    from launcher.speed_io import forecast
+
+    model = options.model_argument(given["model"])
+    result = forecast(model, options.values(_settle("speed", given)))
+    if given["json"]:
+        _print_json(result.to_json())
+        return
+    from rich.console import Console
+
+    from launcher.render.speed import speed_view
+
+    Console(highlight=False).print(speed_view(result.to_json()))
 
 
 @app.command("demo-model")

@@ -35,17 +35,22 @@ if TYPE_CHECKING:
     from launcher.memory.estimate import EngineFlags
     from launcher.planner import PlanRequest
     from launcher.prepare import Target
+    from launcher.runtime.cluster import ClusterOptions
     from launcher.runtime.serve import ServeOptions
 
 Value = str | int | float | bool | None
 Kind = Literal["text", "path", "int", "float", "size", "choice", "bool", "switch", "args"]
 Form = Literal["basic", "advanced"]
 
-COMMANDS = ("gpus", "models", "estimate", "plan", "serve", "calibration")
-INVENTORY = ("gpus", "estimate", "plan", "serve")
-ENGINE = ("estimate", "plan", "serve")
+COMMANDS = ("gpus", "models", "estimate", "plan", "serve", "fit", "speed", "calibration")
+INVENTORY = ("gpus", "estimate", "plan", "serve", "speed")
+ENGINE = ("estimate", "plan", "serve", "speed")
 PLANNING = ("plan", "serve")
+SIZING = ("plan", "serve", "fit")  # what sizes a plan: `fit` plans over the whole catalog
+MODEL_COMMANDS = ("estimate", "plan", "serve", "fit", "speed")
 SERVE = ("serve",)
+WORKLOAD = ("speed", "plan", "serve", "fit")  # the workload a speed prediction is for
+WORKLOAD_OPTIONS = ("input_len", "output_len", "concurrency", "request_rate", "num_prompts")
 ESTIMATE = ("estimate",)
 AUTO = "auto"
 TRUE = ("1", "true", "yes", "on")
@@ -156,27 +161,31 @@ def _num(x: float | None) -> str:
 
 OPTIONS: tuple[Option, ...] = (
     Option("model", "text", "What to serve: a profile alias (`launcher models`), a local model "
-           "directory or a Hugging Face repo id.", ENGINE, argument=True, form="basic", label="Model",
+           "directory or a Hugging Face repo id.", MODEL_COMMANDS, argument=True, form="basic", label="Model",
            example="Qwen/Qwen3-8B"),
     Option("gpus", "text", "Simulated GPUs to plan for instead of the ones NVML sees, e.g. "
-           "2xH100-80GB, 8xA100-40GB, 1xRTX4090 (see profiles/gpus.yaml).", INVENTORY,
+           "2xH100-80GB, 8xA100-40GB, 1xRTX4090 (see profiles/gpus.yaml); nodes as "
+           "NODESxGPUSxTYPE, e.g. 2x8xH100-80GB (TP inside a node, PP across).", INVENTORY,
            example="2xH100-80GB", default_doc="the GPUs NVML sees"),
-    Option("inventory_file", "path", "Replay a GPU snapshot written by `launcher gpus --json`.",
-           INVENTORY),
+    Option("inventory_file", "path", "Replay a GPU snapshot written by `launcher gpus --json`; "
+           "several nodes: one snapshot per node joined by ':' (node0.json:node1.json), or a "
+           "cluster file (YAML/JSON, format launcher-cluster/1, see launcher/hardware/"
+           "cluster.py).", INVENTORY),
     Option("dry_run", "switch", "Plan only; start nothing.", SERVE),
     Option("headroom", "float", "Fraction of each GPU's memory that stays free while serving "
-           "(verified after warm-up).", PLANNING, default=policy.DEFAULT_HEADROOM,
+           "(verified after warm-up).", SIZING, default=policy.DEFAULT_HEADROOM,
            unit="fraction", minimum=0, maximum=policy.MAX_HEADROOM, example="0.15",
            form="basic", label="GPU memory headroom"),
-    Option("max_model_len", "int", "Context cap per request, in tokens.", ENGINE, unit="tokens", minimum=1,
+    Option("max_model_len", "int", "Context cap per request, in tokens.", MODEL_COMMANDS,
+           unit="tokens", minimum=1,
            default_doc="the model's maximum", example="32768", form="basic",
            label="Max context (tokens)"),
-    Option("min_context", "int", "Shortest context the planner may step down to.", PLANNING,
+    Option("min_context", "int", "Shortest context the planner may step down to.", SIZING,
            unit="tokens", minimum=1,
            default_doc=f"{policy.DEFAULT_MIN_CONTEXT} or the model's maximum", example="8192",
            form="advanced", label="Min context (tokens)"),
     Option("min_concurrency", "int", "Full-length sequences each replica must hold at once; "
-           "the plan fails (exit 3) rather than go below.", PLANNING,
+           "the plan fails (exit 3) rather than go below.", SIZING,
            default=policy.DEFAULT_MIN_CONCURRENCY, unit="sequences", minimum=1, example="16",
            form="basic", label="Min concurrency"),
     Option("tp", "size", "Tensor-parallel size: auto or a number of GPUs (estimate: auto is "
@@ -195,19 +204,46 @@ OPTIONS: tuple[Option, ...] = (
     Option("quantization", "choice", "Weight precision: auto (the highest that fits: bf16, then fp8, "
            "then 4-bit; estimate: the checkpoint's own), none (16-bit) or one to force. "
            "estimate also takes any vLLM --quantization method.",
-           ENGINE, default=AUTO, choices=policy.QUANTIZATION_CHOICES,
+           MODEL_COMMANDS, default=AUTO, choices=policy.QUANTIZATION_CHOICES,
            command_choices={"estimate": None}, form="basic", label="Quantization"),
     Option("kv_cache_dtype", "choice", "KV cache precision: auto (the planner may step down to fp8 "
            "before shortening the context; estimate: the model's dtype) or fp8 (estimate "
-           "also fp8_e4m3, fp8_e5m2).", ENGINE, default=AUTO,
+           "also fp8_e4m3, fp8_e5m2).", MODEL_COMMANDS, default=AUTO,
            choices=policy.KV_CACHE_DTYPE_CHOICES,
            command_choices={"estimate": (*policy.KV_CACHE_DTYPE_CHOICES, "fp8_e4m3",
                                          "fp8_e5m2")},
            form="advanced", label="KV cache dtype"),
-    Option("objective", "choice", "throughput: fewest GPUs per replica, spare GPUs as more "
-           "replicas; latency: the largest tensor-parallel size.", PLANNING,
+    Option("objective", "choice", "What the plan chooses by among the configurations that "
+           "fit, from the predicted speed for the workload: throughput (most output tokens/s), "
+           "latency (shortest request: TTFT + output × ITL) or cost (fewest GPU-hours per "
+           "million output tokens; USD with --price-file).", SIZING,
            default=policy.OBJECTIVES[0], choices=policy.OBJECTIVES, form="basic",
            label="Objective"),
+    Option("max_ttft_ms", "float", "Service level: configurations predicted to take longer "
+           "to the first token lose; when none meets it the plan says by how much the best "
+           "misses (exit 3).", SIZING, unit="ms", minimum=0, exclusive_minimum=True,
+           example="500", default_doc="no limit", form="advanced", label="Max TTFT (ms)"),
+    Option("max_itl_ms", "float", "Service level: configurations predicted slower between "
+           "tokens lose (as --max-ttft-ms).", SIZING, unit="ms", minimum=0,
+           exclusive_minimum=True, example="50", default_doc="no limit", form="advanced",
+           label="Max inter-token latency (ms)"),
+    Option("price_file", "path", "YAML/JSON file: GPU name → {usd_per_gpu_hour, date, "
+           "source}; adds cost per hour and per million output tokens (example: "
+           "profiles/prices.example.yaml).", SIZING, example="profiles/prices.example.yaml"),
+    Option("input_len", "int", "Prompt length of the workload, in tokens.", WORKLOAD,
+           default=policy.CHAT_INPUT_LEN, unit="tokens", minimum=1, example="2048"),
+    Option("output_len", "int", "Answer length of the workload, in tokens.", WORKLOAD,
+           default=policy.CHAT_OUTPUT_LEN, unit="tokens", minimum=1, example="512"),
+    Option("concurrency", "int", "Requests kept in flight (a closed loop, like vllm bench "
+           "serve --max-concurrency); not with --request-rate.", WORKLOAD,
+           unit="requests", minimum=1, example="32",
+           default_doc="all prompts at once, unless --request-rate"),
+    Option("request_rate", "text", "Requests per second arriving (Poisson), or inf: every "
+           "prompt at once; not with --concurrency.", WORKLOAD, unit="requests/s",
+           example="4", default_doc="all prompts at once"),
+    Option("num_prompts", "int", "Requests the run sends (with --request-rate or all at "
+           "once).", WORKLOAD, unit="requests", minimum=1, example="1000",
+           default_doc="1000, as vllm bench serve"),
     Option("max_num_seqs", "int", "vLLM's --max-num-seqs.", ESTIMATE, unit="sequences",
            minimum=1, default_doc="vLLM's default for the GPU", example="256"),
     Option("max_num_batched_tokens", "int", "vLLM's --max-num-batched-tokens.", ESTIMATE,
@@ -219,9 +255,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("kv_cache_memory_bytes", "int", "KV cache size per GPU (vLLM's "
            "--kv-cache-memory-bytes); not with --gpu-memory-utilization.", ESTIMATE,
            unit="bytes", minimum=1, example="17179869184"),
-    Option("engine_version", "text", "vLLM version to model.", ENGINE, example="0.19",
+    Option("engine_version", "text", "vLLM version to model.", MODEL_COMMANDS, example="0.19",
            default_doc="the installed vLLM, else the newest calibrated"),
-    Option("enforce_eager", "bool", "No CUDA graphs: less memory, slower decode.", ENGINE,
+    Option("enforce_eager", "bool", "No CUDA graphs: less memory, slower decode.", MODEL_COMMANDS,
            default=False, form="advanced", label="Disable CUDA graphs"),
     Option("engine_python", "path", "Python interpreter with vLLM.", PLANNING,
            default_doc="this one"),
@@ -258,7 +294,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("control_host", "text", "Address the control API binds.", SERVE,
            default=policy.DEFAULT_CONTROL_HOST, form="advanced", label="Control bind address"),
     Option("control_port", "int", "Port of the launcher's control API (/livez, /readyz, "
-           "/plan, /report, /gpus, /metrics, /); 0: no control API.", SERVE,
+           "/plan, /report, /speed, /gpus, /metrics, /); 0: no control API.", SERVE,
            default=policy.DEFAULT_CONTROL_PORT,
            minimum=0, maximum=65535, form="basic", label="Control port"),
     Option("monitor_interval", "float", "Seconds between live memory samples while serving "
@@ -266,9 +302,57 @@ OPTIONS: tuple[Option, ...] = (
            default=policy.DEFAULT_MONITOR_INTERVAL, unit="s", minimum=0,
            exclusive_minimum=True, example="10", form="advanced",
            label="Memory sample interval (s)"),
+    Option("measure_speed", "bool", "After verification, before the engine is reported ready, "
+           "stream requests at the planned concurrency for --measure-seconds and record the "
+           "measured TTFT, inter-token latency and tokens/s beside the prediction.", SERVE,
+           default=True, form="advanced", label="Measure speed at start"),
+    Option("measure_seconds", "float", "How long the speed measurement runs.", SERVE,
+           default=5.0, unit="s", minimum=0, exclusive_minimum=True, maximum=300,
+           example="10", form="advanced", label="Speed measurement (s)"),
+    Option("nnodes", "int", "Nodes one engine spans (vLLM's native multi-node, no Ray): "
+           "every node runs the same command with its own --node-rank; node 0 plans, serves "
+           "the API and verifies every node.", SERVE, default=1, unit="nodes", minimum=1,
+           maximum=1024, example="2", form="advanced", label="Nodes"),
+    Option("node_rank", "int", "This node's rank, 0 to --nnodes − 1 (0: the node that plans "
+           "and serves).", SERVE, default=0, minimum=0, maximum=1023, example="1",
+           form="advanced", label="Node rank"),
+    Option("master_addr", "text", "Address of node 0 as the other nodes reach it (its control "
+           "API and vLLM's rendezvous).", SERVE, default="127.0.0.1", example="10.0.0.1",
+           form="advanced", label="Node 0 address"),
+    Option("master_port", "int", "Port of vLLM's rendezvous on node 0 (torch.distributed).",
+           SERVE, default=29501, minimum=1, maximum=65535, example="29501",
+           form="advanced", label="Rendezvous port"),
+    Option("node_deadline", "float", "Seconds a node waits for its peers (to join, to start "
+           "their engine part, to answer) before it stops the whole group (exit 4).", SERVE,
+           default=600.0, unit="s", minimum=0, exclusive_minimum=True, example="300",
+           form="advanced", label="Peer deadline (s)"),
+    Option("lease_dir", "path", "Directory of the host lease: every serve on this host records "
+           "there what it planned per device, and plans around what the others planned but "
+           "have not yet allocated; off: no lease. Containers share it through one mounted "
+           "host directory. `plan` reads it without adding an entry.", PLANNING,
+           example="/run/vllm-headroom",
+           default_doc="/dev/shm/vllm-headroom (else /tmp/vllm-headroom)", form="advanced",
+           label="Host lease directory"),
+    Option("emit", "choice", "Also write deployment files from the plan: lws (a Kubernetes "
+           "LeaderWorkerSet, one pod per node, and a Service), shell (one command per node) "
+           "or kuberay (a RayService, vLLM under Ray); none: the plan only.", ("plan",),
+           default="none", choices=("none", "lws", "shell", "kuberay"), example="lws"),
+    Option("emit_file", "path", "Where --emit writes (replaced whole, never half-written).",
+           ("plan",), default_doc="stdout (the plan then goes to stderr)",
+           example="model-lws.yaml"),
+    Option("nodes", "int", "Nodes the plan's GPUs are spread over for --emit (only with "
+           "--emit); each gets TP × PP × DP / nodes of them, and a TP group must fit on one.",
+           ("plan",), unit="nodes", minimum=1, maximum=1024,
+           default_doc="the plan's own node count, else 1", example="2"),
+    Option("emit_ifname", "text", "Network interface the nodes reach each other on "
+           "(GLOO_SOCKET_IFNAME, NCCL_SOCKET_IFNAME) in emitted files.", ("plan",),
+           default_doc="eth0 in pods; unset in --emit shell", example="eth0"),
+    Option("emit_image", "text", "Container image for --emit lws/kuberay.", ("plan",),
+           default_doc="launcher-vllm:<launcher version> (docker/Dockerfile); kuberay: "
+                       "rayproject/ray-llm", example="registry.example.com/launcher-vllm:0.1.0"),
     Option("explain", "switch", "Also show where every option's value came from.", PLANNING),
     Option("json", "switch", "Print one JSON object on stdout.",
-           ("gpus", "models", "estimate", "plan", "serve", "calibration")),
+           ("gpus", "models", "estimate", "plan", "serve", "fit", "speed", "calibration")),
     # Variables only: read where they are used.
     Option("api_token", "text", "Bearer token every control-API endpoint except /livez and "
            "/readyz requires. Without it the control API is open: keep its port private. "
@@ -329,6 +413,8 @@ def parse(opt: Option, raw: object, command: str, origin: str = "cli") -> Value:
         return AUTO
     number: int | float
     try:
+        if not text.isascii():  # int() and float() also read Arabic-Indic and other digits
+            raise ValueError(text)
         number = float(text) if opt.kind == "float" else int(text)
         if not math.isfinite(number):
             raise ValueError(text)
@@ -478,15 +564,24 @@ def _size(v: Mapping[str, Value], name: str) -> int | None:
 
 
 def plan_request(v: Mapping[str, Value]) -> PlanRequest:
-    from launcher.planner import PlanRequest
+    from dataclasses import replace
 
-    return PlanRequest(headroom=_float(v, "headroom"), max_model_len=_opt_int(v, "max_model_len"),
-                       min_context=_opt_int(v, "min_context"),
-                       min_concurrency=_int(v, "min_concurrency"),
-                       quantization=_str(v, "quantization"),
-                       kv_cache_dtype=_str(v, "kv_cache_dtype"), tp=_size(v, "tp"),
-                       pp=_size(v, "pp"), objective=_str(v, "objective"),
-                       enforce_eager=_bool(v, "enforce_eager"))
+    from launcher.planner import PlanRequest
+    from launcher.speed.workload import workload_from
+
+    req = PlanRequest(headroom=_float(v, "headroom"), max_model_len=_opt_int(v, "max_model_len"),
+                      min_context=_opt_int(v, "min_context"),
+                      min_concurrency=_int(v, "min_concurrency"),
+                      quantization=_str(v, "quantization"),
+                      kv_cache_dtype=_str(v, "kv_cache_dtype"),
+                      tp=_size(v, "tp") if "tp" in v else None,
+                      pp=_size(v, "pp") if "pp" in v else None, objective=_str(v, "objective"),
+                      enforce_eager=_bool(v, "enforce_eager"),
+                      max_ttft_ms=_opt_float(v, "max_ttft_ms"),
+                      max_itl_ms=_opt_float(v, "max_itl_ms"))
+    if "input_len" not in v:
+        return req
+    return replace(req, workload=workload_from({k: v[k] for k in WORKLOAD_OPTIONS if k in v}))
 
 
 def engine_args(v: Mapping[str, Value]) -> tuple[str, ...]:
@@ -499,7 +594,8 @@ def target(v: Mapping[str, Value]) -> Target:
     return Target(gpus=text(v, "gpus"), inventory_file=text(v, "inventory_file"),
                   engine_version=text(v, "engine_version"),
                   engine_python=text(v, "engine_python"), host=_str(v, "host"),
-                  port=_int(v, "port"), device=_str(v, "device"), engine_args=engine_args(v))
+                  port=_int(v, "port"), device=_str(v, "device"), engine_args=engine_args(v),
+                  price_file=text(v, "price_file"))
 
 
 def serve_options(v: Mapping[str, Value],
@@ -516,7 +612,34 @@ def serve_options(v: Mapping[str, Value],
                         log_dir=path("log_dir"), ready_timeout=_float(v, "ready_timeout"),
                         control_host=_str(v, "control_host"),
                         control_port=_int(v, "control_port"), fit_report=path("fit_report"),
-                        monitor_interval=_float(v, "monitor_interval"), settings=settings_json)
+                        monitor_interval=_float(v, "monitor_interval"),
+                        measure_speed=_bool(v, "measure_speed"),
+                        measure_seconds=_float(v, "measure_seconds"), settings=settings_json,
+                        cluster=cluster_options(v) if "nnodes" in v else None,
+                        lease_dir=text(v, "lease_dir") or "auto")
+
+
+def cluster_options(v: Mapping[str, Value]) -> ClusterOptions:
+    """The multi-node settings, checked together (a rank past the last node, an address that
+    is not a host name or IP address)."""
+    from launcher.runtime.cluster import ClusterOptions, check_address
+
+    nnodes, rank = _int(v, "nnodes"), _int(v, "node_rank")
+    if rank >= nnodes:
+        raise InputError(f"--node-rank {rank} is not below --nnodes {nnodes} "
+                         f"(variables {env_var('node_rank')}, {env_var('nnodes')})",
+                         fix=f"Number the nodes 0 to {nnodes - 1}; node 0 serves the API.",
+                         hint="serve --help")
+    addr = text(v, "master_addr") or ""
+    problem = check_address(addr)
+    if problem:
+        raise InputError(f"--master-addr {addr[:80]!r} {problem} (variable "
+                         f"{env_var('master_addr')})",
+                         fix="Give node 0's host name or IP address, e.g. --master-addr "
+                             "10.0.0.1.", hint="serve --help")
+    return ClusterOptions(nnodes=nnodes, node_rank=rank, master_addr=addr,
+                          master_port=_int(v, "master_port"),
+                          node_deadline=_float(v, "node_deadline"))
 
 
 def engine_flags(v: Mapping[str, Value]) -> EngineFlags:

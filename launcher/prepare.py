@@ -28,6 +28,8 @@ from launcher.policy import DEFAULT_HOST, DEFAULT_PORT, DEVICE_CHOICES
 if TYPE_CHECKING:
     from launcher.calibration.boot_store import BootStore
     from launcher.calibration.boots import Fingerprint
+    from launcher.planner.speed import SpeedInputs
+    from launcher.render.fit import FitRow
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class Target:
     port: int = DEFAULT_PORT
     device: str = "auto"  # auto | cuda | cpu
     engine_args: tuple[str, ...] = ()  # passthrough vLLM flags, checked against the plan
+    price_file: str | None = None  # GPU prices for the plan's cost figures
 
 
 def model_ref(spec: ModelSpec) -> str | None:
@@ -113,18 +116,23 @@ def resolve_devices(target: Target) -> ResolvedDevices:
 
 
 MEASURED = "measured by the engine"  # the inventory source of a relaunch
+# The devices with what other launchers on this host will still take counted as used, and
+# the notes that say so (runtime/lease.py `HostLease.budget_around`).
+Around = Callable[[Sequence[GpuInfo]], tuple[list[GpuInfo], list[str]]]
 
 
 def build_plan(model: str, req: PlanRequest, target: Target,
                devices: Sequence[GpuInfo] | None = None, *,
-               boots: BootStore | None = None) -> Plan:
+               boots: BootStore | None = None, around: Around | None = None) -> Plan:
     """Plan `model`; `devices` replaces the inventory (a relaunch re-plans on memory the
-    engine measured); `boots` is the boot store to learn from (default: the cache's)."""
+    engine measured); `boots` is the boot store to learn from (default: the cache's);
+    `around` takes off the memory other launchers on this host have planned but not yet
+    allocated (`serve` passes its host lease, `launcher.runtime.lease`), real devices only."""
     from launcher.engines.calibration import calibration_for
     from launcher.engines.version import choose_version
     from launcher.engines.vllm import command, merge_engine_args
     from launcher.errors import InputError
-    from launcher.hardware.catalog import simulated_inventory
+    from launcher.memory.context import engine_context
     from launcher.models.profiles import find_profile
     from launcher.models.resolve import resolve_model
 
@@ -133,23 +141,23 @@ def build_plan(model: str, req: PlanRequest, target: Target,
     else:
         device = Device.CPU if devices[0].is_cpu else Device.CUDA
         source, notes, driver = MEASURED, [], None
+    if around is not None and learns_here(source):
+        devices, lease_notes = around(devices)
+        notes = [*notes, *lease_notes]
     req = replace(req, device=device)
     version, version_source = choose_version(target.engine_version, device)
     cal = calibration_for(version, device)
-    spec = resolve_model(model)
+    spec = engine_context(resolve_model(model), cal.context)
     req.check(spec.max_position_embeddings)
     profile = find_profile(model) if not Path(model).expanduser().exists() else None
-    templates = list(devices[:1])
-    if device == Device.CUDA:
-        h100 = simulated_inventory("1xH100-80GB").gpus[0]
-        if not templates or templates[0].name != h100.name:
-            templates.append(h100)
+    templates = suggestion_templates(devices) if device == Device.CUDA else list(devices[:1])
+    speed = speed_inputs(devices)
 
     def planned(r: PlanRequest) -> Plan:
         p = make_plan(spec, devices, cal, r,
                       variants=profile.variants if profile else (), model_ref=model_ref(spec),
                       engine_version_source=f"{version} ({version_source})",
-                      templates=templates, inventory_source=source)
+                      templates=templates, inventory_source=source, speed=speed)
         return replace(p, notes=(*p.notes, *notes))
 
     p = planned(req)
@@ -157,6 +165,13 @@ def build_plan(model: str, req: PlanRequest, target: Target,
         if device == Device.CUDA and driver is None:
             driver = driver_version()
         p = _learned(p, req, planned, version, driver, boots)
+    if target.price_file:
+        from launcher.prices import load_prices
+
+        price = load_prices(target.price_file).get(devices[0].catalog_name if devices else None)
+        p = replace(p, price=price) if price else replace(p, notes=(
+            *p.notes, f"{target.price_file} has no price for {devices[0].name}: no cost "
+            "figures"))
     if not p.feasible:
         return p
     cmd = command(p, python=target.engine_python or sys.executable, host=target.host,
@@ -167,6 +182,103 @@ def build_plan(model: str, req: PlanRequest, target: Target,
         raise InputError(f"LAUNCHER_ENGINE_ARGS / --engine-args: {e}",
                          fix="Set planned values with the launcher's own options (they "
                              "are budgeted); pass only flags the plan does not decide.") from e
+
+
+# ---- `launcher fit`: the same plan on every catalog GPU type and count --------------------
+
+def fit_rows(model: str, req: PlanRequest, *, engine_version: str | None = None,
+             price_file: str | None = None) -> tuple[list[FitRow], list[str]]:
+    """One plan per catalog type × `policy.FIT_GPU_COUNTS` (idle simulated GPUs, no
+    suggestions: the table is itself the list of what fits), priced from `price_file`.
+    Returns the rows (catalog order) and notes (types without speed figures)."""
+    from launcher.engines.calibration import calibration_for
+    from launcher.engines.version import choose_version
+    from launcher.errors import InputError
+    from launcher.hardware.catalog import GpuRequest, load_catalog, simulated_gpus
+    from launcher.memory.context import engine_context
+    from launcher.models.profiles import find_profile
+    from launcher.models.resolve import resolve_model
+    from launcher.planner.search import Memo
+    from launcher.planner.speed import SpeedInputs
+    from launcher.policy import FIT_GPU_COUNTS
+    from launcher.prices import load_prices
+    from launcher.render.fit import FitRow
+    from launcher.speed.hardware import gpu_speed
+    from launcher.speed_io import load_speed_calibration
+
+    prices = load_prices(price_file) if price_file else None
+    req = replace(req, device=Device.CUDA)
+    version, version_source = choose_version(engine_version, Device.CUDA)
+    cal = calibration_for(version, Device.CUDA)
+    spec = engine_context(resolve_model(model), cal.context)
+    req.check(spec.max_position_embeddings)
+    profile = find_profile(model) if not Path(model).expanduser().exists() else None
+    variants = profile.variants if profile else ()
+    scal = load_speed_calibration()
+    rows: list[FitRow] = []
+    notes: list[str] = []
+    memo: Memo = {}  # one model and request: sizing and weight options shared by all rows
+    for t in load_catalog().values():
+        try:
+            speed: SpeedInputs | None = SpeedInputs(scal, gpu_speed(t, scal))
+        except InputError as e:
+            speed = None
+            notes.append(f"{t.name}: no speed prediction ({e.message})")
+        for n in FIT_GPU_COUNTS:
+            gpus = simulated_gpus([GpuRequest(t, n)])
+            p = make_plan(spec, gpus, cal, req, variants=variants, model_ref=model_ref(spec),
+                          engine_version_source=f"{version} ({version_source})",
+                          inventory_source=f"simulated:{n}x{t.name}", speed=speed,
+                          suggestions=False, memo=memo)
+            rows.append(FitRow(t.name, n, p, prices.get(t.name) if prices else None))
+    return rows, notes
+
+
+# ---- speed and the GPU types suggestions name ----------------------------------------------
+
+def speed_inputs(devices: Sequence[GpuInfo]) -> SpeedInputs | None:
+    """The speed model's inputs for the GPUs planned on (the first, most free one's type):
+    the fitted factors and the GPU's speed figures. None for the CPU backend or a GPU the
+    catalog does not know (the plan then says its shape was not chosen by speed)."""
+    from launcher.hardware.catalog import find_gpu
+    from launcher.planner.speed import SpeedInputs
+    from launcher.speed.hardware import gpu_speed
+    from launcher.speed_io import load_speed_calibration
+
+    if not devices or devices[0].is_cpu:
+        return None
+    entry = find_gpu(devices[0].catalog_name or devices[0].name)
+    if entry is None:
+        return None
+    cal = load_speed_calibration()
+    return SpeedInputs(cal, gpu_speed(entry, cal))
+
+
+def suggestion_templates(devices: Sequence[GpuInfo]) -> list[GpuInfo]:
+    """GPU types "what would fit" is phrased with: the type planned on, the next larger
+    catalog types (`policy.SUGGESTION_OTHER_GPU_TYPES`), and H100-80GB as a common yardstick."""
+    from launcher.hardware.catalog import (
+        GpuRequest,
+        GpuType,
+        find_gpu,
+        load_catalog,
+        simulated_gpus,
+    )
+    from launcher.policy import SUGGESTION_MEMORY_STEP, SUGGESTION_OTHER_GPU_TYPES
+
+    out = list(devices[:1])
+    here = find_gpu(devices[0].catalog_name or devices[0].name) if devices else None
+    size = devices[0].total_bytes if devices else 0
+    bigger: list[GpuType] = []  # each at least SUGGESTION_MEMORY_STEP × the memory of the one before
+    for t in sorted(load_catalog().values(), key=lambda t: t.total_bytes):
+        if len(bigger) < SUGGESTION_OTHER_GPU_TYPES and t.total_bytes >= size * \
+                SUGGESTION_MEMORY_STEP and (here is None or t.name != here.name):
+            bigger.append(t)
+            size = t.total_bytes
+    h100 = load_catalog()["H100-80GB"]
+    for t in [*bigger, *([] if h100 in bigger or here == h100 else [h100])]:
+        out.append(simulated_gpus([GpuRequest(t, 1)])[0])
+    return out
 
 
 # ---- what earlier boots on this host taught ------------------------------------------------

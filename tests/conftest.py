@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CALIBRATION = ROOT / "calibration"
 CONFIGS = ROOT / "tests" / "data" / "configs"
+
+
+# One host lease directory for the whole test session (launcher/runtime/lease.py).
+LEASE_DIR = Path(tempfile.mkdtemp(prefix="launcher-test-lease-"))
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +33,8 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, _launcher_cache: Path) -> None:
     # never the developer's ~/.cache/launcher: what their own `serve` runs learned must not
     # change a test's plan.
     monkeypatch.setenv("LAUNCHER_CACHE_DIR", str(_launcher_cache))
+    # The host lease too: a developer's own `serve` runs must not shrink a test's plan.
+    monkeypatch.setenv("LAUNCHER_LEASE_DIR", str(LEASE_DIR))
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, prog: str = "launcher"):
@@ -35,7 +42,8 @@ def run_cli(*args: str, env: dict[str, str] | None = None, prog: str = "launcher
     import subprocess
 
     full_env = {k: v for k, v in os.environ.items()
-                if not k.startswith(("LAUNCHER_", "HF_")) or k == "LAUNCHER_CACHE_DIR"}
+                if not k.startswith(("LAUNCHER_", "HF_"))
+                or k in ("LAUNCHER_CACHE_DIR", "LAUNCHER_LEASE_DIR")}
     full_env.update(env or {})
     code = f"from launcher.cli import {'main' if prog == 'launcher' else 'serve_main'} as m; m()"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
@@ -75,4 +83,4 @@ def engine_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     from launcher.models.demo import build_demo_model
 
     build_demo_model(cache / "demo-model")
-    return {"LAUNCHER_CACHE_DIR": str(cache)}
+    return {"LAUNCHER_CACHE_DIR": str(cache), "LAUNCHER_LEASE_DIR": str(LEASE_DIR)}

@@ -90,7 +90,7 @@ def test_typer_parameters_are_the_registry(command: str) -> None:
              for f in (*p.opts, *p.secondary_opts)}  # type: ignore[attr-defined]
     assert FLAGS_BEFORE[command] <= flags, FLAGS_BEFORE[command] - flags
     assert flags == {f for o in options_for(command) for f in o.cli_flags} | \
-        {"--no-enforce-eager" for o in options_for(command) if o.name == "enforce_eager"}
+        {f"--no-{o.cli_flags[0][2:]}" for o in options_for(command) if o.kind == "bool"}
     for p in params.values():
         # click reads the command line only; the registry reads LAUNCHER_* itself
         assert not getattr(p, "envvar", None)
