@@ -28,6 +28,7 @@ from launcher.models.fields import (
     as_int,
     as_list,
     as_str,
+    layer_list,
 )
 from launcher.models.hybrid import hybrid_layers
 from launcher.models.quantization import parse_quantization
@@ -522,7 +523,7 @@ class _Layers(NamedTuple):
 def _layer_pattern(r: _Reader, model_type: str, n: int) -> _Layers:
     """Which layers use sliding-window or chunked attention (vLLM's hybrid KV allocator)."""
     window = r.get_int("sliding_window", ("sliding_window",), hi=MAX_POSITIONS)
-    kinds = _declared_layer_types(r, n)
+    kinds = layer_list(r, n, "layer_types", _LAYER_KINDS, default="full")
     if kinds is None:
         kinds, window = _family_layer_pattern(r, model_type, n, window)
     chunk = r.get_int("attention_chunk_size", ("attention_chunk_size",), hi=MAX_POSITIONS)
@@ -539,18 +540,6 @@ def _layer_pattern(r: _Reader, model_type: str, n: int) -> _Layers:
             f"{r.origin}: {r.where('layer_types')} has sliding layers but sliding_window is "
             "not set", fix="Add sliding_window to config.json.")
     return _Layers(kinds, window, chunk)
-
-
-def _declared_layer_types(r: _Reader, n: int) -> tuple[LayerKind, ...] | None:
-    found = r.find("layer_types", ("layer_types",))
-    if found is None:
-        return None
-    types, path = as_list(*found, r.origin), found[1]
-    if len(types) != n:
-        raise ModelConfigError(f"{r.origin}: `{path}` lists {len(types)} layers but "
-                               f"{r.where('num_layers')} is {n}", fix="Correct config.json.")
-    return tuple(_LAYER_KINDS.get(as_str(t, f"{path}[{i}]", r.origin), "full")
-                 for i, t in enumerate(types))
 
 
 def _family_layer_pattern(r: _Reader, model_type: str, n: int, window: int | None

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.errors import DoesNotFitError, LauncherError, UnknownModelError
-from launcher.models.hub import PROBE_TIMEOUT_S, hf_cache_dir, is_offline
+from launcher.models.hub import PROBE_TIMEOUT_S, hf_cache_dir, is_offline, transport_errors
 from launcher.models.safetensors_meta import missing_shards
 from launcher.units import fmt_gib
 
@@ -201,17 +201,6 @@ def _offline_error(repo_id: str, cache: Path, why: str) -> UnknownModelError:
         hint=f"hf download {repo_id} --cache-dir {cache}")
 
 
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
-    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError"),
-                         ("requests", "RequestException")):
-        try:
-            errors.append(getattr(__import__(module), name))
-        except (ImportError, AttributeError):
-            continue
-    return tuple(errors)
-
-
 def remote_files(repo_id: str, revision: str | None, token: str | None, cache: Path
                  ) -> tuple[str, list[RemoteFile]]:
     """(commit, every file with its size) from one Hub request (`model_info` with file
@@ -223,7 +212,7 @@ def remote_files(repo_id: str, revision: str | None, token: str | None, cache: P
     try:
         info = HfApi(token=token).model_info(repo_id, revision=revision, files_metadata=True,
                                              timeout=PROBE_TIMEOUT_S)
-    except _transport_errors() as e:
+    except transport_errors() as e:
         raise _offline_error(repo_id, cache, f"the Hub is unreachable ({type(e).__name__}: "
                                              f"{e})") from e
     except _hub_errors() as e:
@@ -301,7 +290,7 @@ def _fetch(d: Download, token: str | None) -> str:
                 f"the disk under {d.cache_dir} filled up while downloading {d.repo_id}: {e}",
                 fix="free space there or set HF_HOME to a disk with room; the next run resumes "
                     "the partial files", hint=f"df -h {d.cache_dir}") from e
-        if isinstance(e, (*_transport_errors(), OSError)):
+        if isinstance(e, (*transport_errors(), OSError)):
             raise _offline_error(d.repo_id, d.cache_dir, f"the download broke off "
                                  f"({type(e).__name__}: {e}); the next run resumes it") from e
         if isinstance(e, _hub_errors()):

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import reprlib
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from launcher.errors import ModelConfigError
 
@@ -92,3 +93,33 @@ def as_list(value: Any, key: str, origin: str) -> list[Any]:
     if not isinstance(value, list):
         raise config_error(origin, key, value, "a list")
     return value
+
+
+K = TypeVar("K")
+
+
+def layer_list(r: Any, n: int, key: str, names: Mapping[str, K],
+               default: K | None = None) -> tuple[K, ...] | None:
+    """A per-layer list field (`layer_types`) read through the config reader `r`: exactly `n`
+    entries, each a name in `names`; an unknown name becomes `default`, or, without one, an
+    error naming the entry. None when the config has no such field."""
+    found = r.find("layer_types", (key,))
+    if found is None:
+        return None
+    raw, path = found
+    values = as_list(raw, path, r.origin)
+    if len(values) != n:
+        raise ModelConfigError(f"{r.origin}: `{path}` lists {len(values)} layers but "
+                               f"{r.where('num_layers')} is {n}", fix="Correct config.json.")
+    out: list[K] = []
+    for i, v in enumerate(values):
+        name = as_str(v, f"{path}[{i}]", r.origin)
+        if name in names:
+            out.append(names[name])
+        elif default is not None:
+            out.append(default)
+        else:
+            raise ModelConfigError(
+                f"{r.origin}: field `{path}[{i}]` is {name!r}, expected one of "
+                f"{', '.join(sorted(names))}", fix="Correct config.json.")
+    return tuple(out)

@@ -225,10 +225,13 @@ def _hub_errors() -> tuple[type[BaseException], ...]:
         OfflineModeIsEnabled,
     )
 
-    errors: list[type[BaseException]] = [
-        HfHubHTTPError, EntryNotFoundError, OfflineModeIsEnabled, HFValidationError,
-        ConnectionError, TimeoutError,
-    ]
+    return (HfHubHTTPError, EntryNotFoundError, OfflineModeIsEnabled, HFValidationError,
+            *transport_errors())
+
+
+def transport_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions a Hub call raises when the Hub cannot be reached at all."""
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
     # The HTTP client changed across huggingface_hub versions (requests → httpx → httpx2).
     for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError"),
                          ("requests", "RequestException")):

@@ -27,7 +27,14 @@ import math
 from typing import TYPE_CHECKING, NamedTuple
 
 from launcher.errors import ModelConfigError
-from launcher.models.fields import MAX_COUNT, MAX_LAYERS, MAX_WIDTH, as_int, as_list, as_str
+from launcher.models.fields import (
+    MAX_COUNT,
+    MAX_LAYERS,
+    MAX_WIDTH,
+    as_int,
+    as_str,
+    layer_list,
+)
 from launcher.models.spec import LayerKind, LinearState
 
 if TYPE_CHECKING:
@@ -97,26 +104,6 @@ def _ssm_dtype(r: _Reader, keys: tuple[str, ...], default: str | None) -> str | 
     return value
 
 
-def _layer_list(r: _Reader, n: int, key: str, names: dict[str, LayerKind]
-                ) -> tuple[LayerKind, ...] | None:
-    found = r.find("layer_types", (key,))
-    if found is None:
-        return None
-    values, path = as_list(*found, r.origin), found[1]
-    if len(values) != n:
-        raise ModelConfigError(f"{r.origin}: `{path}` lists {len(values)} layers but "
-                               f"{r.where('num_layers')} is {n}", fix="Correct config.json.")
-    kinds: list[LayerKind] = []
-    for i, v in enumerate(values):
-        name = as_str(v, f"{path}[{i}]", r.origin)
-        if name not in names:
-            raise ModelConfigError(
-                f"{r.origin}: field `{path}[{i}]` is {name!r}, expected one of "
-                f"{', '.join(sorted(names))}", fix="Correct config.json.")
-        kinds.append(names[name])
-    return tuple(kinds)
-
-
 def _linear_layers(kinds: tuple[LayerKind, ...]) -> tuple[int, ...]:
     return tuple(i for i, k in enumerate(kinds) if k == "linear")
 
@@ -129,10 +116,14 @@ def _no_state(r: _Reader, kinds: tuple[LayerKind, ...]) -> None:
             fix="Correct config.json.")
 
 
+_GDN_LAYERS: dict[str, LayerKind] = {"linear_attention": "linear", "full_attention": "full"}
+_GRANITE_LAYERS: dict[str, LayerKind] = {"mamba": "linear", "linear_attention": "linear",
+                                         "attention": "full", "full_attention": "full"}
+
+
 # ---- Gated DeltaNet: Qwen3-Next, Qwen3.5, Qwen3.6 ----------------------------------------------
 def _gdn(r: _Reader, n: int, model_type: str) -> Hybrid:
-    listed = _layer_list(r, n, "layer_types", {"linear_attention": "linear",
-                                                "full_attention": "full"})
+    listed = layer_list(r, n, "layer_types", _GDN_LAYERS)
     kinds: tuple[LayerKind, ...]
     if listed is not None:
         kinds = listed
@@ -223,9 +214,7 @@ def _expand(r: _Reader, hidden: int) -> int:
 
 
 def _granite(r: _Reader, n: int, hidden: int) -> Hybrid:
-    listed = _layer_list(r, n, "layer_types", {
-        "mamba": "linear", "linear_attention": "linear", "attention": "full",
-        "full_attention": "full"})
+    listed = layer_list(r, n, "layer_types", _GRANITE_LAYERS)
     kinds: tuple[LayerKind, ...]
     if listed is not None:
         kinds = listed
