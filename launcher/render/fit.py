@@ -17,6 +17,7 @@ from typing import Any
 from rich import box
 from rich.table import Table
 
+from launcher.planner import search
 from launcher.planner.plan import Plan
 from launcher.speed.price import Price
 
@@ -58,16 +59,14 @@ class FitRow:
         return c.predicted.usd_per_million_tokens(self.price.usd_per_gpu_hour)
 
     def figure(self, objective: str) -> float | None:
-        """The number rows are sorted by (None: not comparable, sorted last)."""
+        """The number rows are sorted by (None: not comparable, sorted last): the planner's
+        own, except that across GPU types cost is in dollars, not GPU-hours."""
         c = self.plan.chosen
-        p = None if c is None else c.predicted
-        if p is None:
+        if c is None or c.predicted is None:
             return None
-        if objective == "latency":
-            return p.request_latency_ms
         if objective == "cost":
             return self.usd_per_million_tokens
-        return p.output_tokens_per_s
+        return search.figure(c, objective)
 
     def to_json(self) -> dict[str, Any]:
         c = self.plan.chosen
